@@ -1,0 +1,157 @@
+"""Run checkpoints with Orbax: resumable training state and the best-by-validation params export.
+
+Layout of a run directory:
+
+  <run>/checkpoints/<step>/state   TrainState (params, opt_state, step, rng), kept: last N
+  <run>/checkpoints/<step>/data    {"epoch", "step_in_epoch", "examples_seen"}: iterator position
+  <run>/checkpoints/_CHECKPOINT_METADATA ... the run config (CheckpointManager metadata)
+  <run>/best/<step>/params         params only (LoRA merged), the best validation metric so far
+  <run>/best/<step>/meta           {"step", "metric", "value", "model": {...}} (model config)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+
+def _abstract(tree: PyTree) -> PyTree:
+  """Arrays -> ShapeDtypeStruct with sharding (restore target); ShapeDtypeStructs pass through."""
+  def one(x):
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return x
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+  return jax.tree.map(one, tree)
+
+
+class CheckpointStore:
+  """The last `keep` training checkpoints of a run, saved asynchronously.
+
+  Args:
+    directory: checkpoint directory (created).
+    keep: number of checkpoints kept.
+    metadata: JSON-able run config, written once beside the checkpoints.
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, keep: int = 2,
+               metadata: Mapping[str, Any] | None = None):
+    if keep < 1:
+      raise ValueError(f"train.keep_checkpoints={keep}; keep at least 1.")
+    self.directory = os.path.abspath(os.fspath(directory))
+    self._mngr = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        item_names=("state", "data"),
+        metadata=dict(metadata) if metadata is not None else None)
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._mngr.all_steps())
+
+  def save(self, step: int, state: PyTree, position: Mapping[str, Any]) -> None:
+    """Starts saving (async); a later save or `wait` finishes it. All processes must call."""
+    self._mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(dict(position))), force=True)
+
+  def restore(self, target: PyTree, step: int | None = None) -> tuple[PyTree, dict]:
+    """Restores (state, position) at `step` (default: latest) into the structure of `target`.
+
+    Args:
+      target: a state pytree of arrays or ShapeDtypeStructs; their shardings place the result.
+      step: checkpoint step; None for the latest.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    out = self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(target)), data=ocp.args.JsonRestore()))
+    return out["state"], dict(out["data"])
+
+  def metadata(self) -> dict:
+    md = self._mngr.metadata()
+    return dict(getattr(md, "custom_metadata", None) or {})
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.close()
+
+
+def _best_handlers() -> dict:
+  return {"params": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+
+
+class BestExport:
+  """Exports params whenever a validation metric improves (higher is better); keeps one.
+
+  The best value survives restarts: it is read back from the export on construction.
+  """
+
+  def __init__(self, run_dir: str | os.PathLike, metric: str):
+    self.directory = os.path.join(os.path.abspath(os.fspath(run_dir)), "best")
+    self.metric = metric
+    self._mngr = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+        item_handlers=_best_handlers())
+    self.best_value = -np.inf
+    self.best_step: int | None = None
+    step = self._mngr.latest_step()
+    if step is not None:
+      meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      self.best_value, self.best_step = float(meta["value"]), int(meta["step"])
+
+  def update(self, step: int, metrics: Mapping[str, float], params: PyTree,
+             model: Mapping[str, Any]) -> bool:
+    """Exports `params` if metrics[metric] beats the best so far. Returns True when exported.
+
+    Args:
+      step: training step of these params.
+      metrics: validation metrics; must contain `metric`.
+      params: params to export (LoRA already merged).
+      model: JSON-able model description for `load_run_params` ({"family", "config"}).
+    """
+    if self.metric not in metrics:
+      raise KeyError(f"train.best_metric={self.metric!r} is not a validation metric; have "
+                     f"{sorted(metrics)}.")
+    value = float(metrics[self.metric])
+    if not value > self.best_value:
+      return False
+    meta = dict(step=int(step), metric=self.metric, value=value, model=dict(model))
+    self._mngr.save(step, args=ocp.args.Composite(
+        params=ocp.args.PyTreeSave(params), meta=ocp.args.JsonSave(meta)), force=True)
+    self.best_value, self.best_step = value, int(step)
+    return True
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.close()
+
+
+def load_best(run_dir: str | os.PathLike) -> tuple[dict, dict]:
+  """Reads the exported best params of a run as numpy. Returns (params, meta)."""
+  directory = os.path.join(os.path.abspath(os.fspath(run_dir)), "best")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{run_dir} has no exported params ({directory} is missing); is it a "
+                            f"finished fine-tuning run directory?")
+  mngr = ocp.CheckpointManager(directory, item_handlers=_best_handlers(),
+                               options=ocp.CheckpointManagerOptions(create=False))
+  step = mngr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{directory} holds no export.")
+  tree = mngr.item_metadata(step)["params"]
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  out = mngr.restore(step, args=ocp.args.Composite(
+      params=ocp.args.PyTreeRestore(restore_args=restore_args), meta=ocp.args.JsonRestore()))
+  mngr.close()
+  return out["params"], dict(out["meta"])
