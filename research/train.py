@@ -178,7 +178,7 @@ def _micro_batches(batch: Batch, grad_accum: int) -> Batch:
 
 def _tree_norm(tree: PyTree) -> jax.Array:
   leaves = [x for x in jax.tree.leaves(tree) if x is not None]
-  return optax.global_norm(leaves) if leaves else jnp.zeros((), jnp.float32)
+  return optax.tree.norm(leaves) if leaves else jnp.zeros((), jnp.float32)
 
 
 def train_step(state: TrainState, batch: Batch, aux: PyTree, *, loss_fn: LossFn,
@@ -336,3 +336,73 @@ def _gather_processes(out: PyTree) -> PyTree:
     return out
   from jax.experimental import multihost_utils
   return multihost_utils.process_allgather(out, tiled=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification loss / prediction built from a model's apply
+
+
+def _cross_entropy(*, logits_BxC: jax.Array, labels_B: jax.Array, valid_B: jax.Array,
+                   label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+  """Valid-masked mean softmax CE with label smoothing (f32). Labels < 0 count as invalid.
+
+  Private stand-in for `research.losses.cross_entropy` (same keyword signature).
+  """
+  c = logits_BxC.shape[-1]
+  valid_B = valid_B.astype(jnp.float32) * (labels_B >= 0)
+  onehot_BxC = jax.nn.one_hot(jnp.maximum(labels_B, 0), c, dtype=jnp.float32)
+  if label_smoothing:
+    onehot_BxC = onehot_BxC * (1.0 - label_smoothing) + label_smoothing / c
+  logp_BxC = jax.nn.log_softmax(logits_BxC.astype(jnp.float32), axis=-1)
+  ce_B = -jnp.sum(onehot_BxC * logp_BxC, axis=-1)
+  denom = jnp.maximum(valid_B.sum(), 1.0)
+  loss = jnp.sum(ce_B * valid_B) / denom
+  acc = jnp.sum((logits_BxC.argmax(-1) == labels_B) * valid_B) / denom
+  return loss, {"accuracy": acc}
+
+
+def _binary_cross_entropy(*, logits_BxC: jax.Array, labels_BxC: jax.Array,
+                          valid_B: jax.Array) -> tuple[jax.Array, dict]:
+  """Multilabel sigmoid BCE, mean over classes and valid rows (f32)."""
+  logits_BxC = logits_BxC.astype(jnp.float32)
+  labels_BxC = labels_BxC.astype(jnp.float32)
+  valid_B = valid_B.astype(jnp.float32)
+  bce_B = optax.sigmoid_binary_cross_entropy(logits_BxC, labels_BxC).mean(-1)
+  denom = jnp.maximum(valid_B.sum(), 1.0)
+  exact_B = jnp.all((logits_BxC > 0) == (labels_BxC > 0.5), axis=-1)
+  return jnp.sum(bce_B * valid_B) / denom, {"accuracy": jnp.sum(exact_B * valid_B) / denom}
+
+
+def _apply(model: Any, params: PyTree, batch: Batch, *, deterministic: bool,
+           rng: jax.Array | None = None) -> dict:
+  rngs = None if deterministic else {"dropout": rng}
+  return model.apply({"params": masking.merge_lora(params)}, batch["input_ids"],
+                     batch["attention_mask"], batch["token_type_ids"],
+                     deterministic=deterministic, rngs=rngs)
+
+
+def classification_loss_fn(model: Any, *, label_smoothing: float = 0.0,
+                           multilabel: bool = False) -> LossFn:
+  """loss_fn(params, batch, rng, aux) for fine-tuning a classifier (LoRA merged in the step).
+
+  Single-label: CE with label smoothing over rows with valid=1 and label >= 0 (unlabeled rows
+  carry -1). Multilabel: sigmoid BCE over rows with valid=1.
+  """
+  def loss_fn(params, batch, rng, aux):
+    del aux
+    logits_BxC = _apply(model, params, batch, deterministic=False, rng=rng)["logits"]
+    valid_B = batch.get("valid", jnp.ones(logits_BxC.shape[:1], jnp.float32))
+    if multilabel:
+      return _binary_cross_entropy(logits_BxC=logits_BxC, labels_BxC=batch["label"],
+                                   valid_B=valid_B)
+    return _cross_entropy(logits_BxC=logits_BxC, labels_B=batch["label"], valid_B=valid_B,
+                          label_smoothing=label_smoothing)
+  return loss_fn
+
+
+def classification_predict_fn(model: Any) -> Callable[[PyTree, Batch, PyTree], dict]:
+  """predict_fn(params, batch, aux) -> {"logits": B×C f32} (deterministic)."""
+  def predict_fn(params, batch, aux):
+    del aux
+    return {"logits": _apply(model, params, batch, deterministic=True)["logits"]}
+  return predict_fn
