@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from research import losses
 from research import masking
 
 PyTree = Any
@@ -127,7 +128,8 @@ def place_state(state: PyTree, parallel: str, mesh: Mesh | None = None) -> PyTre
   """Host/unplaced state -> replicated over the mesh (jit) or stacked over local devices (pmap)."""
   if parallel == "pmap":
     devices = jax.local_devices()
-    return jax.device_put_replicated(state, devices)
+    stacked = NamedSharding(Mesh(np.asarray(devices), (DATA_AXIS,)), P(DATA_AXIS))
+    return jax.tree.map(lambda x: jax.device_put(jnp.stack([x] * len(devices)), stacked), state)
   mesh = mesh or make_mesh()
   return jax.device_put(state, NamedSharding(mesh, P()))
 
@@ -218,20 +220,36 @@ def train_step(state: TrainState, batch: Batch, aux: PyTree, *, loss_fn: LossFn,
     (loss, metrics), grads = grad_fn(train_p)
     return grads, dict(metrics, loss=loss)
 
+  def weight(mb):
+    # Micro-batches and devices are weighted by their real rows, so a valid-masked mean loss
+    # gives the same gradient for any grad_accum / device split of one global batch.
+    if "valid" in mb:
+      return jnp.sum(mb["valid"].astype(jnp.float32))
+    return jnp.asarray(jax.tree.leaves(mb)[0].shape[0], jnp.float32)
+
   if grad_accum == 1:
     grads, metrics = micro_grads(batch, rng)
+    w = weight(batch)
+    grads, metrics = jax.tree.map(lambda x: x * w, (grads, metrics))
   else:
     micro = _micro_batches(batch, grad_accum)
     def body(acc, xs):
       i, mb = xs
       g, m = micro_grads(mb, jax.random.fold_in(rng, i))
-      return jax.tree.map(jnp.add, acc, g), m
-    zeros = jax.tree.map(jnp.zeros_like, train_p)
-    grads, metrics = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
-    grads = jax.tree.map(lambda g: g / grad_accum, grads)
-    metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+      w_i = weight(mb)
+      acc_g, acc_m, acc_w = acc
+      acc_g = jax.tree.map(lambda a, x: a + w_i * x, acc_g, g)
+      acc_m = jax.tree.map(lambda a, x: a + w_i * x, acc_m, m)
+      return (acc_g, acc_m, acc_w + w_i), None
+    zeros_g = jax.tree.map(jnp.zeros_like, train_p)
+    m_shape = jax.eval_shape(lambda: micro_grads(jax.tree.map(lambda x: x[0], micro), rng)[1])
+    zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+    (grads, metrics, w), _ = jax.lax.scan(body, (zeros_g, zeros_m, jnp.zeros((), jnp.float32)),
+                                          (jnp.arange(grad_accum), micro))
   if axis_name is not None:
-    grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+    grads, metrics, w = jax.lax.psum((grads, metrics, w), axis_name)
+  inv_w = 1.0 / jnp.maximum(w, 1e-9)
+  grads, metrics = jax.tree.map(lambda x: x * inv_w, (grads, metrics))
 
   if trainable is None:
     full_grads = grads
@@ -270,7 +288,8 @@ def make_train_step(loss_fn: LossFn, optimizer_tx: optax.GradientTransformation,
 
   Returns:
     step(state, batch, aux=None) -> (state, metrics). `state` must be placed with `place_state`
-    (it is donated); `batch` is the process-local numpy batch [B_local, ...]; metrics are scalar
+    and is donated (arrays it shares with the caller, e.g. the params it was created from, are
+    invalidated); `batch` is the process-local numpy batch [B_local, ...]; metrics are scalar
     device arrays.
   """
   if parallel not in PARALLEL:
@@ -342,37 +361,6 @@ def _gather_processes(out: PyTree) -> PyTree:
 # Classification loss / prediction built from a model's apply
 
 
-def _cross_entropy(*, logits_BxC: jax.Array, labels_B: jax.Array, valid_B: jax.Array,
-                   label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
-  """Valid-masked mean softmax CE with label smoothing (f32). Labels < 0 count as invalid.
-
-  Private stand-in for `research.losses.cross_entropy` (same keyword signature).
-  """
-  c = logits_BxC.shape[-1]
-  valid_B = valid_B.astype(jnp.float32) * (labels_B >= 0)
-  onehot_BxC = jax.nn.one_hot(jnp.maximum(labels_B, 0), c, dtype=jnp.float32)
-  if label_smoothing:
-    onehot_BxC = onehot_BxC * (1.0 - label_smoothing) + label_smoothing / c
-  logp_BxC = jax.nn.log_softmax(logits_BxC.astype(jnp.float32), axis=-1)
-  ce_B = -jnp.sum(onehot_BxC * logp_BxC, axis=-1)
-  denom = jnp.maximum(valid_B.sum(), 1.0)
-  loss = jnp.sum(ce_B * valid_B) / denom
-  acc = jnp.sum((logits_BxC.argmax(-1) == labels_B) * valid_B) / denom
-  return loss, {"accuracy": acc}
-
-
-def _binary_cross_entropy(*, logits_BxC: jax.Array, labels_BxC: jax.Array,
-                          valid_B: jax.Array) -> tuple[jax.Array, dict]:
-  """Multilabel sigmoid BCE, mean over classes and valid rows (f32)."""
-  logits_BxC = logits_BxC.astype(jnp.float32)
-  labels_BxC = labels_BxC.astype(jnp.float32)
-  valid_B = valid_B.astype(jnp.float32)
-  bce_B = optax.sigmoid_binary_cross_entropy(logits_BxC, labels_BxC).mean(-1)
-  denom = jnp.maximum(valid_B.sum(), 1.0)
-  exact_B = jnp.all((logits_BxC > 0) == (labels_BxC > 0.5), axis=-1)
-  return jnp.sum(bce_B * valid_B) / denom, {"accuracy": jnp.sum(exact_B * valid_B) / denom}
-
-
 def _apply(model: Any, params: PyTree, batch: Batch, *, deterministic: bool,
            rng: jax.Array | None = None) -> dict:
   rngs = None if deterministic else {"dropout": rng}
@@ -386,17 +374,17 @@ def classification_loss_fn(model: Any, *, label_smoothing: float = 0.0,
   """loss_fn(params, batch, rng, aux) for fine-tuning a classifier (LoRA merged in the step).
 
   Single-label: CE with label smoothing over rows with valid=1 and label >= 0 (unlabeled rows
-  carry -1). Multilabel: sigmoid BCE over rows with valid=1.
+  carry -1). Multilabel: sigmoid BCE (research.losses).
   """
   def loss_fn(params, batch, rng, aux):
     del aux
     logits_BxC = _apply(model, params, batch, deterministic=False, rng=rng)["logits"]
     valid_B = batch.get("valid", jnp.ones(logits_BxC.shape[:1], jnp.float32))
     if multilabel:
-      return _binary_cross_entropy(logits_BxC=logits_BxC, labels_BxC=batch["label"],
-                                   valid_B=valid_B)
-    return _cross_entropy(logits_BxC=logits_BxC, labels_B=batch["label"], valid_B=valid_B,
-                          label_smoothing=label_smoothing)
+      return losses.sigmoid_cross_entropy(logits_BxC=logits_BxC, labels_BxC=batch["label"],
+                                          valid_B=valid_B, label_smoothing=label_smoothing)
+    return losses.cross_entropy(logits_BxC=logits_BxC, labels_B=batch["label"], valid_B=valid_B,
+                                label_smoothing=label_smoothing)
   return loss_fn
 
 
@@ -406,3 +394,403 @@ def classification_predict_fn(model: Any) -> Callable[[PyTree, Batch, PyTree], d
     del aux
     return {"logits": _apply(model, params, batch, deterministic=True)["logits"]}
   return predict_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# The fine-tuning run: config -> run directory + result record
+
+BEST_METRICS = ("accuracy", "macro_f1")
+SYNTHETIC = "synthetic"
+
+
+def check_config(config: Any) -> None:
+  """Fails with a one-line message on config values that would break the run (before compute)."""
+  t, o, d = config.train, config.optim, config.data
+  if t.parallel not in PARALLEL:
+    raise ValueError(f"train.parallel={t.parallel!r}; use one of {PARALLEL}.")
+  if config.mask.rule not in masking.RULES:
+    raise ValueError(f"mask.rule={config.mask.rule!r}; use one of {masking.RULES}.")
+  if o.schedule not in SCHEDULES:
+    raise ValueError(f"optim.schedule={o.schedule!r}; use one of {SCHEDULES}.")
+  if t.best_metric not in BEST_METRICS:
+    raise ValueError(f"train.best_metric={t.best_metric!r}; use one of {BEST_METRICS}.")
+  if not 0.0 <= t.label_smoothing < 1.0:
+    raise ValueError(f"train.label_smoothing={t.label_smoothing}; use a value in [0, 1).")
+  if t.max_steps <= 0 and t.epochs <= 0:
+    raise ValueError("train.epochs and train.max_steps are both <= 0; set one of them.")
+  if o.grad_accum < 1:
+    raise ValueError(f"optim.grad_accum={o.grad_accum}; use >= 1.")
+  n_dev = jax.device_count()
+  if d.batch_size % (o.grad_accum * n_dev):
+    raise ValueError(f"data.batch_size={d.batch_size} must be divisible by optim.grad_accum × "
+                     f"devices = {o.grad_accum} × {n_dev}.")
+  if d.eval_batch_size % n_dev:
+    raise ValueError(f"data.eval_batch_size={d.eval_batch_size} must be divisible by the {n_dev} "
+                     f"devices.")
+  if not 0.0 < d.label_fraction <= 1.0:
+    raise ValueError(f"data.label_fraction={d.label_fraction}; use a value in (0, 1].")
+  for name in ("log_every", "eval_every", "checkpoint_every"):
+    if t[name] < 0:
+      raise ValueError(f"train.{name}={t[name]} is negative; use 0 (default) or a step count.")
+
+
+def has_exported_params(run_dir: str | os.PathLike) -> bool:
+  """True when a run directory holds exported best params (`load_run_params` will work)."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  best = pathlib.Path(run_dir) / "best"
+  return best.is_dir() and any(p.name.isdigit() for p in best.iterdir())
+
+
+def load_run_params(run_dir: str | os.PathLike) -> tuple[dict, Any]:
+  """Best-by-validation params of a finished (or running) fine-tuning run.
+
+  Returns:
+    (params as numpy float32 (LoRA merged), model config: the family's config class, e.g.
+    EncoderConfig, with num_labels/pooling/dtype as trained).
+  """
+  from research.checkpoints import store  # pylint: disable=g-import-not-at-top
+  from research.models import registry  # pylint: disable=g-import-not-at-top
+  params, meta = store.load_best(run_dir)
+  family = registry.get_family(meta["model"]["family"])
+  return params, family.config_cls(**meta["model"]["config"])
+
+
+def synthetic_split(n: int, *, num_classes: int, vocab_size: int, max_length: int,
+                    seed: int) -> Any:
+  """A learnable toy split (tests, smoke runs): class c draws most tokens from vocab band c."""
+  from research.data import pipeline  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(seed)
+  labels = rng.randint(0, num_classes, n).astype(np.int32)
+  lengths = rng.randint(max(2, max_length // 4), max_length + 1, n).astype(np.int32)
+  band = max((vocab_size - 1) // num_classes, 1)
+  ids = np.zeros((n, max_length), np.int32)
+  for i in range(n):
+    own = 1 + labels[i] * band + rng.randint(0, band, lengths[i])
+    noise = rng.randint(1, vocab_size, lengths[i])
+    ids[i, :lengths[i]] = np.where(rng.rand(lengths[i]) < 0.7, own, noise)
+  return pipeline.TokenizedSplit(
+      input_ids=ids, token_type_ids=np.zeros_like(ids), lengths=lengths, labels=labels,
+      ids=tuple(f"synthetic-{seed}-{i}" for i in range(n)), pad_id=0)
+
+
+def _load_data(config: Any, model_cfg: Any) -> tuple[dict, Any]:
+  """Tokenized train/validation/test splits and the dataset summary."""
+  from research import data as data_lib  # pylint: disable=g-import-not-at-top
+  from research.checkpoints import hf  # pylint: disable=g-import-not-at-top
+  from research.data import pipeline  # pylint: disable=g-import-not-at-top
+  d = config.data
+  if d.name == SYNTHETIC:
+    c = model_cfg.num_labels
+    sizes = {"train": 256, "validation": 64, "test": 64}
+    splits = {s: synthetic_split(n, num_classes=c, vocab_size=model_cfg.vocab_size,
+                                 max_length=d.max_length, seed=config.seed * 10 + k)
+              for k, (s, n) in enumerate(sizes.items())}
+    info = dict(num_classes=c, label_names=tuple(f"class_{i}" for i in range(c)),
+                multilabel=False)
+    return splits, info
+  kw = dict(manual_dir=d.manual_dir or None, data_dir=d.data_dir or None)
+  meta = data_lib.info(d.name, d.config or None, **kw)
+  tok = str(hf.resolve_source(config.model.source))
+  splits = {s: pipeline.load_tokenized(d.name, d.config or None, s, max_length=d.max_length,
+                                       tokenizer_path=tok, **kw)
+            for s in ("train", "validation", "test")}
+  if d.label_fraction < 1.0:
+    records = data_lib.load(d.name, d.config or None, "train", **kw)
+    labeled, _ = pipeline.label_fraction(records, d.label_fraction, config.seed)
+    splits["train"] = splits["train"].subset(labeled)
+  info = dict(num_classes=meta.num_classes, label_names=tuple(meta.label_names),
+              multilabel=meta.multilabel)
+  return splits, info
+
+
+def _num_labels(config: Any) -> int:
+  if config.data.name == SYNTHETIC:
+    return 4
+  from research import data as data_lib  # pylint: disable=g-import-not-at-top
+  d = config.data
+  return data_lib.info(d.name, d.config or None, manual_dir=d.manual_dir or None,
+                       data_dir=d.data_dir or None).num_classes
+
+
+def _git_sha() -> str:
+  import subprocess  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
+                         check=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return sha + ("-dirty" if dirty else "")
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+class _MetricsLog:
+  """metrics.jsonl of a run (process 0 writes); on resume drops records past the resumed step."""
+
+  def __init__(self, path: str, resume_step: int):
+    self.path = path
+    self.enabled = jax.process_index() == 0
+    if not self.enabled:
+      return
+    kept = []
+    if os.path.exists(path):
+      import json  # pylint: disable=g-import-not-at-top
+      with open(path) as f:
+        for line in f:
+          line = line.strip()
+          if line:
+            try:
+              rec = json.loads(line)
+            except ValueError:  # a torn last line after a kill
+              continue
+            if rec.get("step", 0) <= resume_step and rec.get("split") != "test":
+              kept.append(line)
+    with open(path, "w") as f:
+      f.writelines(l + "\n" for l in kept)
+
+  def write(self, record: Mapping[str, Any]) -> None:
+    if self.enabled:
+      import json  # pylint: disable=g-import-not-at-top
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True, default=float) + "\n")
+
+
+def _evaluate(eval_step: Callable, params: PyTree, split: Any, info: Mapping[str, Any],
+              config: Any) -> dict:
+  """Metrics of `params` on a tokenized split (every example once)."""
+  from research import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from research.data import pipeline  # pylint: disable=g-import-not-at-top
+  logits, index = [], []
+  for batch in pipeline.eval_batches(split, config.data.eval_batch_size, config.data.buckets,
+                                     labeled=False, process_index=jax.process_index(),
+                                     process_count=jax.process_count()):
+    out = eval_step(params, batch)
+    keep = out["valid"] > 0
+    logits.append(out["logits"][keep])
+    index.append(out["index"][keep])
+  logits_NxC, index_N = np.concatenate(logits), np.concatenate(index)
+  return metrics_lib.classification_metrics(
+      logits_NxC, split.labels[index_N], multilabel=info["multilabel"],
+      label_names=info["label_names"])
+
+
+def _finite(host_metrics: Mapping[str, Any]) -> bool:
+  return all(np.isfinite(host_metrics[k]) for k in ("loss", "grad_norm", "param_norm")
+             if k in host_metrics)
+
+
+def run(config: Any) -> dict:
+  """Fine-tunes a classifier as `config` says; writes the run directory; returns the result record.
+
+  Run directory (config.workdir): checkpoints/ (resumable, last N), best/ (best-by-validation
+  params, see `load_run_params`), metrics.jsonl, result.json. Rerunning the same config resumes
+  from the latest checkpoint with the exact next batch.
+
+  Raises:
+    ValueError: bad config values (before any compute).
+    FloatingPointError: a non-finite loss/gradient/param norm; the last good checkpoint is kept.
+  """
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  from research.checkpoints import store as store_lib  # pylint: disable=g-import-not-at-top
+  from research.data import pipeline  # pylint: disable=g-import-not-at-top
+  from research.models import registry  # pylint: disable=g-import-not-at-top
+
+  t_start = time.time()
+  check_config(config)
+  maybe_initialize_distributed()
+  workdir = os.path.abspath(config.workdir)
+  os.makedirs(workdir, exist_ok=True)
+  t, d = config.train, config.data
+  parallel = t.parallel
+  model_rng, mask_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+
+  # Model and mask first: a bad mask fails before data loading or any training compute.
+  model, params, model_cfg = registry.build_model(
+      config.model.family, config.model.source or None, num_labels=_num_labels(config),
+      dtype=config.model.dtype, pooling=config.model.pooling,
+      overrides=config.model.overrides.to_dict(), random_init=config.model.random_init,
+      rng=model_rng, dropout=config.model.dropout)
+  layers = tuple(config.model.get("layers", ()) or ())
+  if layers:
+    from research import distill  # pylint: disable=g-import-not-at-top
+    params, model_cfg = distill.select_layers(params, model_cfg, layers)
+    model = registry.get_family(config.model.family).classifier(model_cfg)
+  params, labels = masking.prepare(params, config.mask, mask_rng, pooling=model_cfg.pooling)
+  counts = masking.count(params, labels)
+  merged_counts = masking.count(masking.merge_lora(params))
+
+  splits, info = _load_data(config, model_cfg)
+  train_split = splits["train"]
+  steps_per_epoch = -(-len(train_split) // d.batch_size)
+  total_steps = t.max_steps if t.max_steps > 0 else max(int(np.ceil(t.epochs * steps_per_epoch)), 1)
+  eval_every = t.eval_every or steps_per_epoch
+  ckpt_every = t.checkpoint_every or steps_per_epoch
+  log_every = max(t.log_every, 1)
+
+  tx, schedule = make_optimizer(config.optim, labels, total_steps)
+  state = create_train_state(params, tx, state_rng)
+  store = store_lib.CheckpointStore(os.path.join(workdir, "checkpoints"),
+                                    keep=t.keep_checkpoints,
+                                    metadata={"config": json.loads(config.to_json())})
+  position = {"epoch": 0, "step": 0, "examples_seen": 0, "train_seconds": 0.0}
+  if store.latest_step() is not None:
+    saved = store.metadata().get("config", {})
+    for section in ("model", "mask", "data"):
+      if saved.get(section) is not None and saved[section] != json.loads(
+          config[section].to_json()):
+        raise ValueError(f"{workdir} holds a run with a different `{section}` config; use a new "
+                         f"config.workdir (or delete {workdir}/checkpoints to restart).")
+    state, position = store.restore(state)
+  start_step = int(state.step)
+  log = _MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step)
+  best = store_lib.BestExport(workdir, t.best_metric)
+
+  mesh = make_mesh() if parallel == "jit" else None
+  loss_fn = classification_loss_fn(model, label_smoothing=t.label_smoothing,
+                                   multilabel=info["multilabel"])
+  base_predict = classification_predict_fn(model)
+  predict_fn = lambda p, b, aux: dict(base_predict(p, b, aux), valid=b["valid"], index=b["index"])
+  train_step_fn = make_train_step(loss_fn, tx, grad_accum=config.optim.grad_accum,
+                                  parallel=parallel, mesh=mesh, trainable=labels,
+                                  learning_rate_fn=schedule)
+  eval_step = make_eval_step(predict_fn, parallel=parallel, mesh=mesh)
+  state = place_state(state, parallel, mesh)
+  it = pipeline.TrainIterator(train_split, d.batch_size, d.buckets, seed=config.seed,
+                              epoch=position["epoch"], step=position["step"],
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count())
+  model_meta = {"family": config.model.family, "config": dataclasses.asdict(model_cfg)}
+
+  def export_params():
+    return jax.device_get(masking.merge_lora(unplace_state(state, parallel).params))
+
+  examples_seen = int(position["examples_seen"])
+  train_seconds = float(position["train_seconds"])
+  window: list[dict] = []
+  pending = None       # (step, device metrics) of the last step, checked one step late
+  val_metrics: dict = {}
+  first_step_time = None   # includes compilation
+  speed_examples = 0       # examples after the first step of this session
+
+  def check_pending():
+    nonlocal pending
+    if pending is None:
+      return
+    step_no, dev = pending
+    host = {k: float(v) for k, v in jax.device_get(dev).items()}
+    pending = None
+    if not _finite(host):
+      store.wait()
+      last = store.latest_step()
+      log.write({"step": step_no, "split": "train", "event": "nonfinite", **host})
+      raise FloatingPointError(
+          f"non-finite training values at step {step_no} (loss={host.get('loss')}, "
+          f"grad_norm={host.get('grad_norm')}, param_norm={host.get('param_norm')}); stopped. "
+          f"Last good checkpoint: step {last} in {store.directory}. Lower optim.lr or check the "
+          f"data.")
+    window.append(host)
+
+  bar = tqdm(total=total_steps, initial=start_step, desc=config.name, unit="step",
+             disable=jax.process_index() != 0, dynamic_ncols=True)
+  step = start_step
+  t_loop = time.time()
+  while step < total_steps:
+    batch = next(it)
+    state, metrics = train_step_fn(state, batch)
+    step += 1
+    examples_seen += int(batch["valid"].sum()) * jax.process_count()
+    check_pending()
+    pending = (step, metrics)
+    if first_step_time is None:
+      jax.block_until_ready(metrics)
+      first_step_time = time.time() - t_loop
+    else:
+      speed_examples += d.batch_size
+    boundary = step % eval_every == 0 or step % ckpt_every == 0 or step == total_steps
+    if step % log_every == 0 or boundary:
+      check_pending()
+      mean = {k: float(np.mean([w[k] for w in window])) for k in window[-1]}
+      window.clear()
+      log.write({"step": step, "split": "train", "epoch": step / steps_per_epoch,
+                 "examples_seen": examples_seen, **mean})
+      bar.set_postfix(loss=f"{mean['loss']:.4f}", lr=f"{mean.get('lr', 0):.2e}")
+    if step % eval_every == 0 or step == total_steps:
+      t_eval = time.time()
+      params_now = unplace_state(state, parallel).params
+      val_metrics = _evaluate(eval_step, state.params, splits["validation"], info, config)
+      log.write({"step": step, "split": "validation",
+                 **{k: v for k, v in val_metrics.items() if k != "per_class"}})
+      best.update(step, val_metrics, jax.device_get(masking.merge_lora(params_now)), model_meta)
+      t_loop += time.time() - t_eval  # evaluation is not training time
+    if step % ckpt_every == 0 or step == total_steps:
+      now = time.time()
+      pos = dict(it.position, examples_seen=examples_seen,
+                 train_seconds=train_seconds + now - t_loop)
+      store.save(step, unplace_state(state, parallel), pos)
+    bar.update(1)
+  bar.close()
+  check_pending()
+  session_seconds = time.time() - t_loop
+  train_seconds += session_seconds
+  store.wait()
+  best.wait()
+
+  # Test with the best-by-validation params.
+  best_params, _ = store_lib.load_best(workdir)
+  best_placed = place_state(best_params, parallel, mesh)
+  if not val_metrics:
+    val_metrics = _evaluate(eval_step, best_placed, splits["validation"], info, config)
+  test_metrics = _evaluate(eval_step, best_placed, splits["test"], info, config)
+  log.write({"step": step, "split": "test",
+             **{k: v for k, v in test_metrics.items() if k != "per_class"}})
+  if jax.process_index() == 0:
+    try:
+      from research.checkpoints import hf  # pylint: disable=g-import-not-at-top
+      hf.save_hf(best_params, model_cfg, workdir, family=config.model.family)
+    except (ImportError, ValueError, KeyError) as e:  # a family without an HF exporter
+      print(f"HF export skipped: {e}")
+  ckpt_bytes = masking.count(best_params)["bytes_total"]
+  tags = config.get("tags", {})
+  rule = config.mask.rule
+  result = {
+      "kind": "finetune",
+      "method": (tags.get("method") if tags else "") or f"finetune_{rule}",
+      "domain": (tags.get("domain") if tags else "") or "",
+      "task": (tags.get("task") if tags else "") or f"{d.name}/{d.config}",
+      "series": (tags.get("series") if tags else "") or "",
+      "seed": config.seed,
+      "config": json.loads(config.to_json()),
+      "git_sha": _git_sha(),
+      "metrics": {"test": test_metrics, "validation": val_metrics,
+                  "best_validation": {"step": best.best_step, t.best_metric: best.best_value}},
+      "params_total": merged_counts["params_total"],
+      "params_trainable": counts["params_trainable"],
+      "checkpoint_bytes": ckpt_bytes,
+      "train_flops": None,
+      "train_flops_source": "",
+      "train_seconds": train_seconds,
+      "wall_seconds": time.time() - t_start,
+      "examples_seen": examples_seen,
+      # Steady-state speed of this session (after the compiling first step; includes logging
+      # and async checkpoint starts, not evaluation).
+      "examples_per_second": (speed_examples / (session_seconds - first_step_time)
+                              if speed_examples else None),
+      "first_step_seconds": first_step_time,
+      "steps": total_steps,
+      "labeled_examples": len(train_split),
+      "unlabeled_examples": 0,
+      "teacher_flops": 0,
+      "latency": {},
+      "is_teacher": bool(tags.get("is_teacher", False)) if tags else False,
+      "run_dir": workdir,
+  }
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+      json.dump(result, f, indent=1, sort_keys=True, default=float)
+  store.close()
+  best.close()
+  return result
