@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import platform
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -212,6 +213,18 @@ def analytic_encoder_flops(cfg: Any, batch: int, seq_len: int, train: bool, *,
   return forward + backward
 
 
+def host_cpu_name() -> str:
+  """The host CPU model (e.g. "AMD EPYC 7B13"), for naming CPU benchmarks; "" if unknown."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def _percentile_ms(seconds: Sequence[float], q: float) -> float:
   return float(np.percentile(np.asarray(seconds) * 1e3, q))
 
@@ -235,7 +248,8 @@ def benchmark_latency(apply_fn: Callable[..., Any], make_batch: Callable[[int], 
     backend: "cpu", "gpu", ...; None = the default device (GPU if present, else CPU).
 
   Returns:
-    dict: device (device kind, e.g. "cpu" or "NVIDIA H200"), backend, iters, warmup,
+    dict: device (device kind, e.g. "cpu" or "NVIDIA H200"), backend, host_cpu (CPU model and
+    core count; the device that ran a "cpu" benchmark), iters, warmup,
     batch_sizes, for each size b: batch{b}_p50_ms, batch{b}_p90_ms, batch{b}_mean_ms;
     throughput_batch_size and throughput_eps (examples/s at that size, from its median latency).
     batch1_p50_ms / batch1_p90_ms are present when 1 is among `batch_sizes`.
@@ -247,7 +261,7 @@ def benchmark_latency(apply_fn: Callable[..., Any], make_batch: Callable[[int], 
   fn = apply_fn if hasattr(apply_fn, "lower") else jax.jit(apply_fn)
   dev_params = None if params is None else jax.device_put(params, device)
   out: dict[str, Any] = {"device": device.device_kind, "backend": device.platform,
-                         "iters": iters, "warmup": warmup, "batch_sizes": list(batch_sizes)}
+                         "host_cpu": f"{host_cpu_name()}, {os.cpu_count()} cores", "iters": iters, "warmup": warmup, "batch_sizes": list(batch_sizes)}
   for b in batch_sizes:
     batch = jax.device_put(make_batch(b), device)
     call_args = (batch,) if dev_params is None else (dev_params, batch)

@@ -154,7 +154,7 @@ def test_benchmark_latency_keys():
     assert key in out, key
   assert out["throughput_batch_size"] == 4
   assert out["device"] == jax.devices()[0].device_kind
-  assert out["backend"] == jax.devices()[0].platform
+  assert out["backend"] == jax.devices()[0].platform and out["host_cpu"]
   assert out["throughput_eps"] > 0 and out["batch1_p90_ms"] >= out["batch1_p50_ms"]
   with pytest.raises(ValueError, match="iters"):
     cost.benchmark_latency(lambda b: b, lambda b: np.ones((b,)), iters=0)
