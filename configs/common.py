@@ -15,6 +15,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.name = "run"
   c.workdir = "runs/run"          # run directory: checkpoints, metrics.jsonl, result.json
   c.seed = 0
+  # Labels copied into the result record so the report can group runs (set by experiments/compare).
+  c.tags = ml_collections.ConfigDict()
+  c.tags.domain = ""
+  c.tags.task = ""
+  c.tags.method = ""
+  c.tags.series = ""              # data-efficiency series name, "" outside that study
+  c.tags.is_teacher = False
 
   c.model = ml_collections.ConfigDict()
   c.model.family = "bert"
@@ -26,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.overrides.num_heads = 0
   c.model.overrides.intermediate_size = 0
   c.model.overrides.vocab_size = 0
+  c.model.layers = ()            # keep only these source layers (DistilBERT-style small model); () = all
   c.model.dtype = "bfloat16"      # compute dtype; params stay float32
   c.model.pooling = "mean"        # "cls" | "mean" | "pooler"
   c.model.dropout = 0.1
@@ -40,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.batch_size = 32
   c.data.eval_batch_size = 128
   c.data.label_fraction = 1.0     # keep this fraction of training labels (stratified, seeded)
+  # With label_fraction < 1: False -> train on the labeled subset only; True -> keep every training
+  # input, the unlabeled rest with label -1 (ignored by label losses, used by distillation losses).
+  c.data.keep_unlabeled = False
 
   c.mask = ml_collections.ConfigDict()
   c.mask.rule = "full"            # full | head_only | last_k | bitfit | lora | regex

@@ -1,0 +1,51 @@
+"""Defaults shared by the domain grids (configs/bfsi.py, pharma.py, legal.py)."""
+
+import ml_collections
+
+
+def grid_config(domain: str) -> ml_collections.ConfigDict:
+  g = ml_collections.ConfigDict()
+  g.domain = domain
+  g.results_dir = f"results/{domain}"        # result records + tables (committed)
+  g.runs_dir = f"runs/compare/{domain}"      # checkpoints (not committed)
+  g.seeds = (0, 1, 2)
+  g.methods = ("head_only", "finetune_last_k", "finetune_full", "bitfit", "lora",
+               "small_labels_only", "kd_soft", "kd_hidden_attn", "kd_labels_only",
+               "kd_multi_teacher", "kd_soft_2layer")
+  g.tasks = []
+  # Overrides applied to every run config (configs/common.py fields).
+  g.run = ml_collections.ConfigDict()
+  g.run.model = ml_collections.ConfigDict({"dtype": "bfloat16", "pooling": "mean"})
+
+  m = g.methods_cfg = ml_collections.ConfigDict()
+  m.last_k = 2
+  m.head_only_lr = 2e-3
+  m.head_only_epochs = 8.0
+  m.bitfit_lr = 2e-3
+  m.lora_lr = 1e-3
+  m.student_layers = (0, 2, 4)   # 3-layer student: every other teacher layer (DistilBERT init)
+  m.student_layers_2 = (0, 5)    # 2-layer student
+  m.alpha = 0.5                  # weight of the soft-target term; 1 - alpha on the labels
+  m.temperature = 2.0
+  m.hidden_weight = 1.0
+  m.attn_weight = 1.0
+  m.layer_map = (1, 3, 5)        # student layer i matches teacher layer layer_map[i] (0-based)
+  m.kd_epochs = 6.0
+
+  de = g.data_efficiency = ml_collections.ConfigDict()
+  de.enabled = True
+  de.tasks = ()
+  de.fractions = (0.05, 0.1, 0.25, 0.5, 1.0)
+  de.seeds = (0,)
+
+  g.latency = ml_collections.ConfigDict({"iters": 50, "warmup": 5, "throughput_batch": 64})
+  return g
+
+
+def task(name: str, data_name: str, data_config: str, **run) -> ml_collections.ConfigDict:
+  t = ml_collections.ConfigDict()
+  t.name = name
+  t.run = ml_collections.ConfigDict({"data": {"name": data_name, "config": data_config}})
+  for k, v in run.items():
+    t.run[k] = ml_collections.ConfigDict(v) if isinstance(v, dict) else v
+  return t

@@ -1,0 +1,20 @@
+"""Pharma/medical grid: NICTA-PIBOSO sentence roles in medical abstracts (6 classes).
+
+Command:
+  python -m experiments.compare --config configs/pharma.py
+  python -m experiments.compare --config configs/pharma.py --config.seeds='(0,)'
+"""
+
+from configs import grid_common
+
+
+def get_config(arg: str = ""):
+  del arg
+  g = grid_common.grid_config("pharma")
+  g.tasks = [grid_common.task(
+      "nicta_piboso", "nicta_piboso", "default",
+      data={"max_length": 128, "buckets": (32, 64, 128), "batch_size": 32},
+      optim={"lr": 1e-4}, train={"epochs": 4.0})]
+  g.seeds = (0,)
+  g.data_efficiency.enabled = False
+  return g
