@@ -175,7 +175,8 @@ def analytic_encoder_flops(cfg: Any, batch: int, seq_len: int, train: bool, *,
   Forward, per layer, with T = batch·seq_len tokens, D hidden, F intermediate:
     dense matmuls 2·T·(4·D² + 2·D·F)  (q, k, v, out; mlp up, down) and
     attention 4·B·S²·D  (scores Q·Kᵀ and context P·V), plus the pooler 2·B·D² and head 2·B·D·C.
-  Embedding lookups, softmax, layer norms, GELU and biases are ignored (a few % at these sizes).
+  Embedding lookups, softmax, layer norms, GELU and biases are ignored: against XLA's count of
+  `EncoderClassifier` this is within ~3% at MiniLM size (D=384, S=128) and ~10% low at D=128.
   Training adds a backward pass ≈ 2× the forward of the part gradients flow through (activation and
   weight gradients): with masked fine-tuning the backward stops at the lowest trainable layer, so
   only layers >= `trainable_from_layer` (and pooler, head) are counted again. Full fine-tuning is

@@ -1,7 +1,8 @@
 """Result records -> the comparison table (csv, markdown, LaTeX), a qualitative table, plots, summary.
 
-One JSON record per run (schema in docs/ARCHITECTURE.md), found as `<results_dir>/**/result.json`
-(each holding one record or a list). Runs are aggregated over seeds per (domain, task, method):
+One JSON record per run (schema in docs/ARCHITECTURE.md), found as `<results_dir>/cells/*.json` (the
+grid's layout) or `<results_dir>/**/result.json`, each holding one record or a list. Full-label runs
+outside the data-efficiency study are aggregated over seeds per (domain, task, method):
 mean and sample standard deviation (ddof=1; 0 when n=1, and n is always shown). Retention and
 speed-up are relative to the teacher row (`is_teacher`) of the same (domain, task). Every number
 comes from the records; nothing is estimated here (GPU columns appear only if GPU records exist).
@@ -51,21 +52,23 @@ def load_records(results: str | os.PathLike[str] | Sequence[dict[str, Any]]) -> 
   """Reads result records.
 
   Args:
-    results: a directory (every `result.json` below it, each one record or a list of records), a
-      `.json` file (record or list) or `.jsonl` file, or a list of record dicts.
+    results: a directory (`cells/*.json` in it and every `result.json` below it, each one record
+      or a list of records), a `.json` file (record or list) or `.jsonl` file, or a list of dicts.
 
   Returns:
-    list of record dicts, each checked for domain, task, method and metrics.test.accuracy.
+    list of record dicts, each checked for domain, task, method and metrics.test.accuracy. Fields
+    missing at the top level are taken from the run config (`config.tags.{domain, task, method,
+    series, is_teacher}`, `config.seed`, `config.data.label_fraction`).
   """
   if isinstance(results, (list, tuple)):
     records, sources = list(results), ["<list>"] * len(results)
   else:
     path = Path(results)
     if path.is_dir():
-      files = sorted(path.rglob("result.json"))
+      files = sorted(set(path.glob("cells/*.json")) | set(path.rglob("result.json")))
       if not files:
-        raise FileNotFoundError(f"load_records: no result.json under {path}; point at the results "
-                                "folder the experiment grid wrote.")
+        raise FileNotFoundError(f"load_records: no cells/*.json or result.json under {path}; point "
+                                "at the results folder the experiment grid wrote.")
     elif path.is_file():
       files = [path]
     else:
@@ -81,6 +84,7 @@ def load_records(results: str | os.PathLike[str] | Sequence[dict[str, Any]]) -> 
         items = loaded if isinstance(loaded, list) else [loaded]
       records += items
       sources += [str(f)] * len(items)
+  records = [_with_tags(r) if isinstance(r, dict) else r for r in records]
   for rec, src in zip(records, sources):
     if not isinstance(rec, dict):
       raise ValueError(f"load_records: {src} holds a {type(rec).__name__}, expected a result record "
@@ -96,12 +100,24 @@ def load_records(results: str | os.PathLike[str] | Sequence[dict[str, Any]]) -> 
   return records
 
 
+def _with_tags(rec: dict[str, Any]) -> dict[str, Any]:
+  """Fills identifying fields missing at the top level from the run config's tags."""
+  rec = dict(rec)
+  for key in ("domain", "task", "method", "series", "is_teacher"):
+    if rec.get(key) in (None, "") and _get(rec, f"config.tags.{key}") not in (None, ""):
+      rec[key] = _get(rec, f"config.tags.{key}")
+  if rec.get("seed") is None and _get(rec, "config.seed") is not None:
+    rec["seed"] = _get(rec, "config.seed")
+  return rec
+
+
 def _check_duplicates(records: Iterable[dict[str, Any]]) -> None:
   seen = set()
   for r in records:
-    key = (r["domain"], r["task"], r["method"], _label_fraction(r), r.get("seed"))
+    key = (r["domain"], r["task"], r["method"], r.get("series") or "", _label_fraction(r),
+           r.get("seed"))
     if key in seen:
-      raise ValueError(f"load_records: duplicate records for (domain, task, method, "
+      raise ValueError(f"load_records: duplicate records for (domain, task, method, series, "
                        f"label_fraction, seed) = {key}; remove the duplicate run.")
     seen.add(key)
 
@@ -136,7 +152,8 @@ def _kind(rec: dict[str, Any]) -> str:
   kind = rec.get("kind")
   if kind:
     return str(kind)
-  return "distill" if "distill" in str(rec["method"]) else "finetune"
+  method = str(rec["method"])
+  return "distill" if method.startswith("kd_") or "distill" in method else "finetune"
 
 
 def latencies(rec: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -181,7 +198,10 @@ def _mean(values: Iterable[Any]) -> float:
 
 
 def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Aggregates full-label runs (label_fraction 1) over seeds per (domain, task, method).
+  """Aggregates the main runs over seeds per (domain, task, method).
+
+  Main runs have label_fraction 1 and no `series`; data-efficiency runs (with `series`) are separate
+  runs, summarised by `data_efficiency` and `kd_vs_control` instead.
 
   Args:
     records: result records (see `load_records`).
@@ -193,7 +213,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """
   groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
   for r in records:
-    if _label_fraction(r) >= 1.0:
+    if _label_fraction(r) >= 1.0 and not r.get("series"):
       groups[(r["domain"], r["task"], r["method"])].append(r)
   accel = sorted({b for r in records for b in latencies(r) if b != "cpu"})
   rows = []
@@ -352,7 +372,9 @@ def fmt_seconds(s: Any) -> str:
 
 
 def fmt_num(x: Any, digits: int = 3) -> str:
-  return f"{float(x):.{digits}g}" if _ok(x) else "–"
+  if not _ok(x):
+    return "–"
+  return f"{float(x):.0f}" if abs(float(x)) >= 10 ** digits else f"{float(x):.{digits}g}"
 
 
 def fmt_pm(mean: Any, std: Any, n: int, digits: int = 3, pm: str = "±") -> str:
@@ -418,8 +440,8 @@ LEGEND = """\
   "analytic"); for distillation the teacher's forward passes are counted separately
   (`teacher_flops` in table.csv). **Train time**: wall-clock training time.
 - **Labeled / unlabeled**: training examples used with and without labels.
-- The table uses full-label runs (label_fraction 1); runs on fewer labels appear in
-  data_efficiency.png.
+- The table uses the main full-label runs; the data-efficiency runs (teacher / control /
+  student at each fraction of labels) appear in data_efficiency.png and the summary.
 """
 
 
@@ -456,7 +478,7 @@ def table_markdown(rows: Sequence[dict[str, Any]], summary_text: str = "") -> st
     lines += ["", f"CPU: {', '.join(devices) or 'not measured'}."]
     for b in accel:
       devs = sorted({r.get(f"{b}_device") for r in rs if r.get(f"{b}_device")})
-      lines[-1] += f" {b.upper()}: {', '.join(devs)}."
+      lines[-1] += f" {b.upper()}: {', '.join(devs) or 'not measured'}."
     lines.append("")
   lines += ["## Legend", "", LEGEND]
   return "\n".join(lines)
@@ -534,6 +556,8 @@ def _fmt_frac(f: float) -> str:
 
 
 def _latency_phrase(r: dict[str, Any], accel: Sequence[str]) -> str:
+  if not _ok(r["cpu_latency_ms_p50"]):
+    return "not benchmarked on CPU"
   s = (f"{fmt_num(r['cpu_latency_ms_p50'])} ms at batch 1, {fmt_num(r['cpu_throughput_eps'])} ex/s "
        f"at batch {fmt_num(r['cpu_throughput_batch'])} on CPU ({r['cpu_device'] or '?'})")
   for b in accel:
@@ -590,7 +614,7 @@ def qualitative_markdown(rows: Sequence[dict[str, Any]], records: Sequence[dict[
             (f"most accurate fine-tuned: {quality(_best(ft_rows))}" if ft_rows else ""),
             (f"student vs control: {_kd_regimes([d for d in diffs if (d['domain'], d['task']) == (domain, task)])}"
              if any((d["domain"], d["task"]) == (domain, task) for d in diffs)
-             else "no data-efficiency runs for this task")),
+             else "no student-vs-control runs for this task")),
         "Data required": (
             "Labeled task data.",
             "A teacher plus a transfer set (labels optional).",
@@ -613,8 +637,10 @@ def qualitative_markdown(rows: Sequence[dict[str, Any]], records: Sequence[dict[
             "Where the full model's latency and memory are affordable (often GPU).",
             "CPU / edge / high-throughput serving.",
             f"{ft['method']}: {_latency_phrase(ft, accel)}" if ft else "",
-            (f"{kd['method']}: {_fmt_ratio(kd['speedup_vs_teacher'])} faster than the teacher at "
-             f"batch 1 on CPU; {_latency_phrase(kd, accel)}") if kd else ""),
+            f"{kd['method']}: " + (f"{_fmt_ratio(kd['speedup_vs_teacher'])} faster than the "
+                                   "teacher at batch 1 on CPU; "
+                                   if _ok(kd["speedup_vs_teacher"]) else "")
+            + _latency_phrase(kd, accel) if kd else ""),
     }
     lines += [f"## {domain} / {task}", "", "| | Fine-tuning | Distillation |", "|---|---|---|"]
     for name, (ft_claim, kd_claim, ft_ev, kd_ev) in table.items():
@@ -761,7 +787,8 @@ def write_report(results_dir: str | os.PathLike[str] | Sequence[dict[str, Any]],
 
   Args:
     results_dir: results folder (or a result file, or a list of records; see `load_records`).
-    out_dir: where to write; default `<results_dir>/report` (required for a list of records).
+    out_dir: where to write; default `results_dir` itself (the folder of a results file; required
+      for a list of records).
 
   Returns:
     {file name: path} of every file written; pareto.png / data_efficiency.png are absent when no
@@ -772,7 +799,7 @@ def write_report(results_dir: str | os.PathLike[str] | Sequence[dict[str, Any]],
     if isinstance(results_dir, (list, tuple)):
       raise ValueError("write_report: pass out_dir when giving records as a list.")
     base = Path(results_dir)
-    out_dir = (base if base.is_dir() else base.parent) / "report"
+    out_dir = base if base.is_dir() else base.parent
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   rows = aggregate(records)
@@ -793,8 +820,8 @@ def write_report(results_dir: str | os.PathLike[str] | Sequence[dict[str, Any]],
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("results_dir", help="folder with <cell>/result.json records")
-  parser.add_argument("--out", default=None, help="output folder (default <results_dir>/report)")
+  parser.add_argument("results_dir", help="folder with cells/*.json or <cell>/result.json records")
+  parser.add_argument("--out", default=None, help="output folder (default: results_dir)")
   args = parser.parse_args(argv)
   for name, path in write_report(args.results_dir, args.out).items():
     print(f"{name}: {path}")

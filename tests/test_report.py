@@ -15,7 +15,7 @@ from research import report
 TEACHER_ACC = (0.95, 0.96, 0.94)
 STUDENT_ACC = (0.93, 0.95, 0.94)
 SEEDS = (0, 1, 2)
-FRACTIONS = (0.05, 0.1, 0.25, 0.5)
+FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 def _record(method, seed, acc, *, kind="finetune", params=22_000_000, p50=10.0, teacher=False,
@@ -43,34 +43,33 @@ def _record(method, seed, acc, *, kind="finetune", params=22_000_000, p50=10.0, 
 
 
 def synthetic_records(gpu: bool = False) -> list[dict]:
-  """A small grid: teacher, LoRA, student, control (3 seeds) and a data-efficiency sweep."""
+  """A small grid like research.grid's: main runs (3 seeds) and a separate data-efficiency sweep."""
   recs = []
   for i, seed in enumerate(SEEDS):
-    recs.append(_record("finetune_full", seed, TEACHER_ACC[i], teacher=True, series="teacher",
-                        gpu=gpu))
-    recs.append(_record("finetune_lora", seed, 0.92 + 0.01 * i, gpu=gpu))
-    recs.append(_record("distill_3l", seed, STUDENT_ACC[i], kind="distill", params=11_000_000,
-                        p50=4.0, series="student", gpu=gpu))
-    recs.append(_record("finetune_small", seed, 0.90, params=11_000_000, p50=4.0,
-                        series="control", gpu=gpu))
+    recs.append(_record("finetune_full", seed, TEACHER_ACC[i], teacher=True, gpu=gpu))
+    recs.append(_record("lora", seed, 0.92 + 0.01 * i, gpu=gpu))
+    recs.append(_record("kd_soft", seed, STUDENT_ACC[i], kind="distill", params=11_000_000,
+                        p50=4.0, gpu=gpu))
+    recs.append(_record("small_labels_only", seed, 0.90, params=11_000_000, p50=4.0, gpu=gpu))
     for f in FRACTIONS:
-      recs.append(_record("finetune_full", seed, 0.7 + 0.5 * f, teacher=True, series="teacher",
-                          fraction=f))
-      recs.append(_record("finetune_small", seed, 0.6 + 0.5 * f + 0.01 * seed, params=11_000_000,
-                          series="control", fraction=f))
-      # The student beats the control by 10 pts at 5% and 10%, trails it by 1 pt from 25%.
-      gap = 0.10 if f <= 0.1 else -0.01
-      recs.append(_record("distill_3l", seed, 0.6 + 0.5 * f + 0.01 * seed + gap, kind="distill",
+      recs.append(_record("finetune_full", seed, 0.7 + 0.25 * f, series="teacher", fraction=f))
+      recs.append(_record("small_labels_only", seed, 0.6 + 0.3 * f + 0.01 * seed,
+                          params=11_000_000, series="control", fraction=f))
+      # The student beats the control by 10 pts at 5%, 12 ± 2 at 10%, trails it by 1 from 25%.
+      gap = {0.05: 0.10, 0.1: 0.10 + 0.02 * seed}.get(f, -0.01)
+      recs.append(_record("kd_soft", seed, 0.6 + 0.3 * f + 0.01 * seed + gap, kind="distill",
                           params=11_000_000, series="student", fraction=f))
   return recs
 
 
-def write_synthetic_results(root: Path, gpu: bool = False) -> Path:
-  """Writes synthetic records as <root>/<cell>/result.json; returns root."""
+def write_synthetic_results(root: Path, gpu: bool = False, layout: str = "cells") -> Path:
+  """Writes synthetic records as <root>/cells/<cell>.json (the grid's layout) or
+  <root>/<cell>/result.json (layout="result_json"); returns root."""
   for r in synthetic_records(gpu):
-    cell = root / f"{r['method']}_f{r.get('label_fraction', 1.0)}_s{r['seed']}"
-    cell.mkdir(parents=True)
-    (cell / "result.json").write_text(json.dumps(r))
+    name = f"{r['task']}__{r.get('series') or r['method']}__f{r.get('label_fraction', 1.0)}__s{r['seed']}"
+    path = root / "cells" / f"{name}.json" if layout == "cells" else root / name / "result.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(r))
   return root
 
 
@@ -81,9 +80,8 @@ def _row(rows, method):
 
 def test_aggregation_math():
   rows = report.aggregate(synthetic_records())
-  assert [r["method"] for r in rows] == ["finetune_full", "distill_3l", "finetune_lora",
-                                         "finetune_small"]
-  teacher, student = _row(rows, "finetune_full"), _row(rows, "distill_3l")
+  assert [r["method"] for r in rows] == ["finetune_full", "kd_soft", "lora", "small_labels_only"]
+  teacher, student = _row(rows, "finetune_full"), _row(rows, "kd_soft")
   assert teacher["is_teacher"] and not student["is_teacher"]
   assert teacher["n_seeds"] == 3
   assert teacher["accuracy_mean"] == pytest.approx(np.mean(TEACHER_ACC))
@@ -99,13 +97,13 @@ def test_aggregation_math():
 
 
 def test_single_seed_std_is_zero_and_n_shown():
-  recs = [_record("finetune_full", 0, 0.9, teacher=True), _record("distill_3l", 0, 0.8,
+  recs = [_record("finetune_full", 0, 0.9, teacher=True), _record("kd_soft", 0, 0.8,
                                                                   kind="distill", p50=5.0)]
   rows = report.aggregate(recs)
   assert all(r["n_seeds"] == 1 and r["accuracy_std"] == 0.0 for r in rows)
   assert report.fmt_pm(0.9, 0.0, 1) == "0.900 (n=1)"
   assert "(n=1)" in report.table_markdown(rows)
-  assert _row(rows, "distill_3l")["speedup_vs_teacher"] == pytest.approx(2.0)
+  assert _row(rows, "kd_soft")["speedup_vs_teacher"] == pytest.approx(2.0)
 
 
 def test_no_teacher_leaves_relative_columns_empty():
@@ -118,29 +116,42 @@ def test_kd_vs_control_paired_differences():
   assert sorted(diffs) == [0.05, 0.1, 0.25, 0.5, 1.0]
   assert diffs[0.05]["diff_mean"] == pytest.approx(0.10)
   assert diffs[0.05]["diff_std"] == pytest.approx(0.0, abs=1e-9)
-  assert diffs[0.5]["diff_mean"] == pytest.approx(-0.01)
-  assert diffs[1.0]["diff_mean"] == pytest.approx(np.mean(STUDENT_ACC) - 0.90)
-  assert diffs[1.0]["diff_std"] == pytest.approx(np.std(STUDENT_ACC, ddof=1))
+  assert diffs[0.1]["diff_mean"] == pytest.approx(0.12)
+  assert diffs[0.1]["diff_std"] == pytest.approx(0.02)
+  assert diffs[1.0]["diff_mean"] == pytest.approx(-0.01)
   assert all(d["paired"] and d["n"] == 3 for d in diffs.values())
+  assert all((d["student_method"], d["control_method"]) == ("kd_soft", "small_labels_only")
+             for d in diffs.values())
+
+
+def test_kd_vs_control_unpaired():
+  recs = [_record("kd", s, a, series="student", fraction=0.1) for s, a in ((0, 0.8), (1, 0.9))]
+  recs += [_record("ctl", s, a, series="control", fraction=0.1) for s, a in ((2, 0.7), (3, 0.7))]
+  (d,) = report.kd_vs_control(recs)
+  assert not d["paired"] and d["n"] == 2
+  assert d["diff_mean"] == pytest.approx(0.15)
+  assert d["diff_std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
 
 
 def test_summary_states_regime_from_data():
   text = report.summary(synthetic_records())
-  assert "beats the same-size control at 5% labels: +10.0 ± 0.0 pts" in text
+  assert "beats the same-size control at 5% labels: +10.0 ± 0.0 pts (n=3)" in text
+  assert "10% labels: +12.0 ± 2.0 pts (n=3)" in text
   assert "does not at 25% labels: -1.0 ± 0.0 pts" in text
   retention = 100 * np.mean(STUDENT_ACC) / np.mean(TEACHER_ACC)
   assert f"keeps {retention:.1f}% of the teacher's accuracy" in text
   assert "No data-efficiency runs" in report.summary([_record("finetune_full", 0, 0.9)])
 
 
-def test_write_report_files_and_columns(tmp_path):
-  results = write_synthetic_results(tmp_path / "results")
+@pytest.mark.parametrize("layout", ["cells", "result_json"])
+def test_write_report_files_and_columns(tmp_path, layout):
+  results = write_synthetic_results(tmp_path / "results", layout=layout)
   paths = report.write_report(results)
   expected = {"table.csv", "table.md", "table.tex", "qualitative.md", "summary.md", "pareto.png",
               "data_efficiency.png"}
   assert set(paths) == expected
   for p in paths.values():
-    assert p.parent == results / "report" and p.stat().st_size > 0
+    assert p.parent == results and p.stat().st_size > 0
   with open(paths["table.csv"]) as f:
     reader = csv.DictReader(f)
     rows = list(reader)
@@ -148,6 +159,7 @@ def test_write_report_files_and_columns(tmp_path):
   assert not any(c.startswith("gpu_") for c in reader.fieldnames)
   teacher = [r for r in rows if r["is_teacher"] == "true"]
   assert [r["method"] for r in teacher] == ["finetune_full"]
+  assert len(rows) == 4  # data-efficiency runs are not table rows
   assert float(teacher[0]["accuracy_mean"]) == pytest.approx(np.mean(TEACHER_ACC))
   assert paths["table.tex"].read_text().count(r"\toprule") == 1
   qual = paths["qualitative.md"].read_text()
@@ -167,7 +179,7 @@ def test_gpu_columns_only_with_gpu_records(tmp_path):
 
 
 def test_bad_records_fail_clearly(tmp_path):
-  with pytest.raises(FileNotFoundError, match="no result.json"):
+  with pytest.raises(FileNotFoundError, match="no cells"):
     report.load_records(tmp_path)
   rec = _record("finetune_full", 0, 0.9)
   del rec["task"]
@@ -177,6 +189,19 @@ def test_bad_records_fail_clearly(tmp_path):
     report.load_records([_record("m", 0, 0.9), _record("m", 0, 0.8)])
   with pytest.raises(ValueError, match="different params_total"):
     report.aggregate([_record("m", 0, 0.9), _record("m", 1, 0.9, params=5)])
+
+
+def test_fields_from_config_tags():
+  rec = _record("lora", 0, 0.9, series="control", fraction=0.5)
+  for key in ("domain", "task", "method", "series", "is_teacher", "seed", "label_fraction"):
+    del rec[key]
+  rec["config"] = {"seed": 4, "data": {"label_fraction": 0.5},
+                   "tags": {"domain": "legal", "task": "ledgar", "method": "lora",
+                            "series": "control", "is_teacher": False}}
+  (r,) = report.load_records([rec])
+  assert (r["domain"], r["task"], r["method"], r["series"], r["seed"]) == (
+      "legal", "ledgar", "lora", "control", 4)
+  assert report.data_efficiency([r])[0]["label_fraction"] == 0.5
 
 
 def test_pareto_front():
