@@ -215,7 +215,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   for r in records:
     if _label_fraction(r) >= 1.0 and not r.get("series"):
       groups[(r["domain"], r["task"], r["method"])].append(r)
-  accel = sorted({b for r in records for b in latencies(r) if b != "cpu"})
+  accel = sorted({b for rs in groups.values() for r in rs for b in latencies(r) if b != "cpu"})
   rows = []
   for (domain, task, method), rs in groups.items():
     sizes = {_num(r.get("params_total")) for r in rs} - {None}
