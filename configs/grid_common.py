@@ -38,7 +38,8 @@ def grid_config(domain: str) -> ml_collections.ConfigDict:
   de.fractions = (0.05, 0.1, 0.25, 0.5, 1.0)
   de.seeds = (0,)
 
-  g.latency = ml_collections.ConfigDict({"iters": 50, "warmup": 5, "throughput_batch": 64})
+  g.latency = ml_collections.ConfigDict(
+      {"iters": 50, "warmup": 5, "throughput_batch": 64, "seq_len": 64})
   return g
 
 

@@ -1,0 +1,270 @@
+"""Student construction and pre-training checks for knowledge distillation.
+
+* `select_layers`: DistilBERT-style student (Sanh et al. 2019) — copy the teacher's embeddings, a
+  subset of its layers (renumbered layer_0..), pooler and head, on the params pytree contract of
+  docs/ARCHITECTURE.md.
+* `fresh_student`: a smaller config (fewer layers / narrower) for a randomly initialised student.
+* `check_setup` and friends: fail with a clear message before any compute.
+* `cache_teacher_logits` / `load_teacher_logits`: run an expensive teacher once over the training
+  set; later epochs look its logits up by example `index`.
+"""
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from research import losses as losses_lib
+from research.losses import check_layer_map, default_layer_map  # re-exported for callers
+
+__all__ = [
+    "select_layers", "every_other", "first_k", "fresh_student", "check_layer_map",
+    "default_layer_map", "check_compatible", "check_teacher_dir", "check_setup", "TEACHER_FILES",
+    "cache_teacher_logits", "load_teacher_logits", "TeacherLogits",
+]
+
+# Files a teacher export must hold: the HF-format folder written/read by research/checkpoints/hf.py.
+TEACHER_FILES = ("config.json", "model.safetensors")
+
+# Size fields `fresh_student` may override (EncoderConfig names).
+_SIZE_FIELDS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size")
+
+
+def _replace(cfg, **changes):
+  """`cfg.replace(...)` when the config class has one, else dataclasses.replace."""
+  if hasattr(cfg, "replace"):
+    return cfg.replace(**changes)
+  return dataclasses.replace(cfg, **changes)
+
+
+# ----------------------------------------------------------------------------- student construction
+
+
+def every_other(num_layers: int) -> tuple[int, ...]:
+  """Layers 0, 2, 4, ... of a `num_layers`-layer teacher (DistilBERT: one layer out of two)."""
+  return tuple(range(0, num_layers, 2))
+
+
+def first_k(k: int) -> tuple[int, ...]:
+  """The bottom k layers: 0..k-1."""
+  return tuple(range(k))
+
+
+def select_layers(teacher_params: Mapping[str, Any], teacher_cfg,
+                  layers: Sequence[int]) -> tuple[dict[str, Any], Any]:
+  """Initialises a student from a subset of the teacher's layers (DistilBERT, Sanh et al. 2019).
+
+  Copies encoder/embeddings, encoder/layer_{layers[i]} -> encoder/layer_{i}, encoder/pooler and
+  head (when present). Arrays are copied, so donating the student's buffers in a jitted train step
+  cannot invalidate the (frozen) teacher's.
+
+  Args:
+    teacher_params: params pytree {"encoder": {...}, "head": {...}} (LoRA merged).
+    teacher_cfg: the teacher's EncoderConfig.
+    layers: teacher layer indices, distinct, each in [0, teacher_cfg.num_layers).
+
+  Returns:
+    (student_params, student_cfg) with student_cfg.num_layers == len(layers).
+  """
+  num = teacher_cfg.num_layers
+  layers = tuple(int(i) for i in layers)
+  if not layers:
+    raise ValueError(f"select_layers: no layers given; pick some of 0..{num - 1}, e.g. "
+                     f"every_other({num}) = {every_other(num)}.")
+  bad = [i for i in layers if not 0 <= i < num]
+  if bad:
+    raise ValueError(f"select_layers: teacher layers {bad} out of range; the teacher has layers "
+                     f"0..{num - 1} (distill.student_layers = {layers}).")
+  if len(set(layers)) != len(layers):
+    raise ValueError(f"select_layers: layers {layers} repeat an index; list each layer once.")
+  if "lora" in teacher_params:
+    raise ValueError("select_layers: teacher params hold LoRA adapters; fold them in first with "
+                     "masking.merge_lora(params).")
+  if "encoder" not in teacher_params:
+    raise ValueError(f"select_layers: teacher params have keys {sorted(teacher_params)}; expected "
+                     "{'encoder', 'head'} (docs/ARCHITECTURE.md).")
+  enc = teacher_params["encoder"]
+  missing = [f"layer_{i}" for i in range(num) if f"layer_{i}" not in enc]
+  if missing:
+    raise ValueError(f"select_layers: teacher params lack {missing} but teacher_cfg.num_layers="
+                     f"{num}; params and config come from different models.")
+
+  def copy(tree):
+    return jax.tree.map(lambda x: x.copy(), tree)
+
+  student_enc = {k: copy(v) for k, v in enc.items() if not k.startswith("layer_")}
+  for i, j in enumerate(layers):
+    student_enc[f"layer_{i}"] = copy(enc[f"layer_{j}"])
+  student = {k: copy(v) for k, v in teacher_params.items() if k != "encoder"}
+  student["encoder"] = student_enc
+  return student, _replace(teacher_cfg, num_layers=len(layers))
+
+
+def fresh_student(cfg, **overrides):
+  """A smaller config for a randomly initialised student, e.g. fresh_student(cfg, num_layers=2).
+
+  Zero or None values keep cfg's value, so `**config.model.overrides` can be passed as is.
+
+  Args:
+    cfg: base EncoderConfig (usually the teacher's).
+    **overrides: num_layers, hidden_size, num_heads, intermediate_size, vocab_size.
+
+  Returns:
+    The new config (same class).
+  """
+  unknown = sorted(set(overrides) - set(_SIZE_FIELDS))
+  if unknown:
+    raise ValueError(f"fresh_student: unknown size field(s) {unknown}; "
+                     f"known: {list(_SIZE_FIELDS)}.")
+  changes = {k: int(v) for k, v in overrides.items() if v}
+  bad = {k: v for k, v in changes.items() if v < 0}
+  if bad:
+    raise ValueError(f"fresh_student: sizes must be positive, got {bad}.")
+  new = _replace(cfg, **changes)
+  if new.hidden_size % new.num_heads:
+    raise ValueError(f"fresh_student: hidden_size {new.hidden_size} is not divisible by num_heads "
+                     f"{new.num_heads}; choose hidden_size = num_heads × head_dim.")
+  return new
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_compatible(student_cfg, teacher_cfg) -> None:
+  """Student and teacher must read the same token ids and predict the same label set."""
+  if student_cfg.vocab_size != teacher_cfg.vocab_size:
+    raise ValueError(f"student vocab_size {student_cfg.vocab_size} != teacher vocab_size "
+                     f"{teacher_cfg.vocab_size}; both must share the teacher's tokenizer (drop "
+                     "model.overrides.vocab_size).")
+  if student_cfg.num_labels != teacher_cfg.num_labels:
+    raise ValueError(f"student num_labels {student_cfg.num_labels} != teacher num_labels "
+                     f"{teacher_cfg.num_labels}; distil on the task the teacher was trained for.")
+
+
+def check_teacher_dir(path: str | os.PathLike,
+                      required: Sequence[str] = TEACHER_FILES) -> pathlib.Path:
+  """Checks a teacher checkpoint folder exists and holds `required`; returns it as a Path."""
+  if not path:
+    raise ValueError("no teacher given; set distill.teacher to a fine-tuned teacher's export.")
+  p = pathlib.Path(path)
+  if not p.is_dir():
+    raise FileNotFoundError(f"teacher checkpoint dir {str(p)!r} does not exist; train the teacher "
+                            "first (experiments/finetune.py) or fix distill.teacher.")
+  missing = [f for f in required if not (p / f).exists()]
+  if missing:
+    raise FileNotFoundError(f"teacher checkpoint dir {str(p)!r} lacks {missing} (has "
+                            f"{sorted(x.name for x in p.iterdir())}); point distill.teacher at an "
+                            "exported teacher.")
+  return p
+
+
+def check_setup(*, student_cfg, teacher_cfg, losses: Mapping[str, float],
+                layer_map: Sequence[int] = (), teacher_dirs: Sequence[str] = (),
+                cached_logits: bool = False) -> dict[str, float]:
+  """All distillation checks that can run before training; returns the active loss weights.
+
+  Args:
+    student_cfg, teacher_cfg: EncoderConfigs (teacher_cfg of the first teacher).
+    losses: c.distill.losses.
+    layer_map: c.distill.layer_map; () -> default uniform map.
+    teacher_dirs: teacher export folders to check (may be empty when configs were built in memory).
+    cached_logits: teacher logits come from `cache_teacher_logits` (logit losses only).
+  """
+  active = losses_lib.check_loss_weights(losses)
+  check_compatible(student_cfg, teacher_cfg)
+  needs = losses_lib.required_outputs(active)
+  if "hidden_states" in needs and layer_map:
+    check_layer_map(layer_map, student_cfg.num_layers, teacher_cfg.num_layers)
+  if cached_logits and needs & {"hidden_states", "attentions"}:
+    raise ValueError(f"cached teacher logits cannot serve {sorted(needs - {'teacher'})} losses "
+                     f"in {sorted(active)}; set distill.cache_teacher_logits=False.")
+  for d in teacher_dirs:
+    check_teacher_dir(d)
+  return active
+
+
+# ----------------------------------------------------------------------------- teacher logits cache
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherLogits:
+  """Teacher logits by example index (position in the split)."""
+  index_N: np.ndarray      # int64 N, sorted
+  logits_NxC: np.ndarray   # float32 N×C
+  meta: dict[str, Any]
+
+  def lookup(self, index_B: np.ndarray, valid_B: np.ndarray | None = None) -> np.ndarray:
+    """Logits for a batch, B×C; rows with valid_B == 0 (padding) get zeros."""
+    index_B = np.asarray(index_B, np.int64)
+    valid_B = np.ones(index_B.shape, bool) if valid_B is None else np.asarray(valid_B) > 0
+    pos_B = np.clip(np.searchsorted(self.index_N, index_B), 0, len(self.index_N) - 1)
+    found_B = self.index_N[pos_B] == index_B
+    missing = index_B[valid_B & ~found_B]
+    if missing.size:
+      raise KeyError(f"teacher logits cache has no entry for example index {missing[:8].tolist()}; "
+                     "the cache was built on another split or dataset — rebuild it.")
+    return np.where(valid_B[:, None], self.logits_NxC[pos_B], 0.0).astype(np.float32)
+
+
+def cache_teacher_logits(apply_fn: Callable[[Any, Mapping[str, np.ndarray]], Any], params: Any,
+                         batches: Iterable[Mapping[str, np.ndarray]], path: str | os.PathLike,
+                         meta: Mapping[str, Any] | None = None) -> pathlib.Path:
+  """Runs the teacher once over `batches` and writes its logits to an .npz keyed by `index`.
+
+  Args:
+    apply_fn: (params, batch) -> logits B×C or an output dict with "logits" (jit it yourself).
+    params: teacher params.
+    batches: batch dicts with "index" and "valid"; padding rows are skipped.
+    path: output file (".npz" is appended if missing); parent folders are created.
+    meta: JSON-able description (teacher dir, dataset, split, max_length) checked on load.
+
+  Returns:
+    The written path.
+  """
+  idx, logits = [], []
+  for batch in batches:
+    out = apply_fn(params, batch)
+    z = np.asarray(out["logits"] if isinstance(out, Mapping) else out, np.float32)
+    keep = np.asarray(batch["valid"]) > 0
+    idx.append(np.asarray(batch["index"], np.int64)[keep])
+    logits.append(z[keep])
+  if not idx:
+    raise ValueError("cache_teacher_logits: no batches given.")
+  index_N, logits_NxC = np.concatenate(idx), np.concatenate(logits)
+  order = np.argsort(index_N, kind="stable")
+  index_N, logits_NxC = index_N[order], logits_NxC[order]
+  if np.any(np.diff(index_N) == 0):
+    raise ValueError("cache_teacher_logits: an example index appears twice; pass one epoch of "
+                     "unshuffled-or-shuffled batches without repeats.")
+  path = pathlib.Path(path)
+  if path.suffix != ".npz":
+    path = path.with_name(path.name + ".npz")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp.npz")
+  np.savez(tmp, index=index_N, logits=logits_NxC, meta=json.dumps(dict(meta or {}), sort_keys=True))
+  os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache behind
+  return path
+
+
+def load_teacher_logits(path: str | os.PathLike,
+                        expect_meta: Mapping[str, Any] | None = None) -> TeacherLogits:
+  """Loads a `cache_teacher_logits` file; `expect_meta` entries must match the stored meta."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"teacher logits cache {str(path)!r} not found; build it with "
+                            "cache_teacher_logits.")
+  with np.load(path) as f:
+    cache = TeacherLogits(index_N=f["index"], logits_NxC=f["logits"],
+                          meta=json.loads(str(f["meta"])))
+  # Compare after a JSON round trip so tuples match their stored lists.
+  expect = json.loads(json.dumps(dict(expect_meta or {}), sort_keys=True))
+  stale = {k: (cache.meta.get(k), v) for k, v in expect.items() if cache.meta.get(k) != v}
+  if stale:
+    raise ValueError(f"teacher logits cache {str(path)!r} is stale: (stored, expected) {stale}; "
+                     "delete it to rebuild.")
+  return cache
