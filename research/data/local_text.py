@@ -111,8 +111,13 @@ class LocalText(base.DomainBuilder):
 
   def __init__(self, *, spec: "str | LocalTextSpec | None" = None,
                manual_dir: str | os.PathLike[str] | None = None, **kwargs: Any):
-    """Args: spec: see `LocalTextSpec.parse`; manual_dir: the folder with the files; kwargs:
-    `tfds.core.GeneratorBasedBuilder` args (data_dir, ...). Reads and checks the files now."""
+    """Reads and checks the files now (the label names are part of the features).
+
+    Args:
+      spec: column spec, see `LocalTextSpec.parse`.
+      manual_dir: the folder with the files; None -> $RESEARCH_DATA_DIR/local_text.
+      **kwargs: `tfds.core.GeneratorBasedBuilder` args (data_dir, file_format, ...).
+    """
     self.spec = LocalTextSpec.parse(spec)
     root = base.resolve_manual_dir("local_text", manual_dir)
     files = find_split_files(root)

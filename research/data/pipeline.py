@@ -69,7 +69,8 @@ class TokenizedSplit:
   def max_length(self) -> int:
     return self.input_ids.shape[1]
 
-  def subset(self, idx: Sequence[int] | np.ndarray, *, drop_labels: bool = False) -> "TokenizedSplit":
+  def subset(self, idx: Sequence[int] | np.ndarray, *,
+             drop_labels: bool = False) -> "TokenizedSplit":
     """Rows `idx` (in that order); `drop_labels` makes an unlabeled split (e.g. for KD)."""
     idx = np.asarray(idx, dtype=np.int64)
     return TokenizedSplit(

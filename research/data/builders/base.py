@@ -100,9 +100,14 @@ class DomainBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def __init__(self, *, manual_dir: str | os.PathLike[str] | None = None, download: bool = False,
                **kwargs: Any):
-    """Args: manual_dir: folder with the raw files (see `resolve_manual_dir`); download: fetch the
-    public URLs instead; kwargs: `tfds.core.GeneratorBasedBuilder` args (data_dir, config, ...)."""
-    self._manual_dir_arg = manual_dir
+    """Creates the builder (reads nothing yet).
+
+    Args:
+      manual_dir: folder with the raw files; None -> `resolve_manual_dir` defaults.
+      download: fetch the public URLs instead of reading manual_dir.
+      **kwargs: `tfds.core.GeneratorBasedBuilder` args (data_dir, config, file_format, ...).
+    """
+    self.manual_dir_arg = manual_dir
     self._download = download
     super().__init__(**kwargs)
 
@@ -141,7 +146,7 @@ class DomainBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       def files(rel: str) -> pathlib.Path:
         return pathlib.Path(paths[rel])
     else:
-      explicit = self._manual_dir_arg
+      explicit = self.manual_dir_arg
       if not explicit:
         try:  # DownloadConfig(manual_dir=...) when a caller used the plain TFDS API
           explicit = dl_manager.manual_dir
