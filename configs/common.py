@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.overrides.intermediate_size = 0
   c.model.overrides.vocab_size = 0
   c.model.layers = ()            # keep only these source layers (DistilBERT-style small model); () = all
-  c.model.dtype = "bfloat16"      # compute dtype; params stay float32
+  c.model.dtype = "float32"       # compute dtype; params stay float32. bfloat16 pays on GPU/TPU/AMX CPUs
   c.model.pooling = "mean"        # "cls" | "mean" | "pooler"
   c.model.dropout = 0.1
 
