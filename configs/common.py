@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.overrides.intermediate_size = 0
   c.model.overrides.vocab_size = 0
   c.model.layers = ()            # keep only these source layers (DistilBERT-style small model); () = all
-  c.model.dtype = "bfloat16"      # compute dtype; params stay float32
+  c.model.dtype = "float32"       # compute dtype; params stay float32. bfloat16 pays on GPU/TPU/AMX CPUs
   c.model.pooling = "mean"        # "cls" | "mean" | "pooler"
   c.model.dropout = 0.1
 
@@ -89,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.student_layers = (0, 2, 4)
   c.distill.losses = ml_collections.ConfigDict({"ce": 0.5, "kd_kl": 0.5})
   c.distill.temperature = 2.0
+  c.distill.top_k = 8             # kd_topk: teacher's top-k logits
   c.distill.layer_map = ()        # student layer i <- teacher layer layer_map[i] (hidden/attn KD)
   c.distill.cache_teacher_logits = False
   c.distill.unlabeled = False     # train on the transfer set without its labels

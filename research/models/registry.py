@@ -1,0 +1,163 @@
+"""Model families: name -> config class, modules and HF import/export.
+
+Training code only talks to `build_model` and `get_family`, so a new family (e.g. a Llama-style
+decoder) plugs in with one `register_family` call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.checkpoints import hf
+from research.models import encoder
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """One model family.
+
+  Attributes:
+    name: registry key ("bert").
+    config_cls: config dataclass with `from_hf_dict`, `to_hf_dict` and `replace`.
+    classifier: module constructor `cfg -> nn.Module` returning logits (the training model).
+    backbone: module constructor `cfg -> nn.Module` without the head.
+    hf_model_types: config.json `model_type` values this family reads.
+    from_hf: `(config_dict, tensors, file) -> (cfg, params)`.
+    to_hf: `(params, cfg) -> (config_dict, tensors)`.
+    shape_fields: config fields that change parameter shapes.
+  """
+  name: str
+  config_cls: type
+  classifier: Callable[[Any], Any]
+  backbone: Callable[[Any], Any]
+  hf_model_types: tuple[str, ...]
+  from_hf: Callable[..., tuple[Any, Params]]
+  to_hf: Callable[[Mapping[str, Any], Any], tuple[dict[str, Any], dict[str, np.ndarray]]]
+  shape_fields: tuple[str, ...] = ()
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> None:
+  """Adds (or replaces) a family."""
+  _FAMILIES[family.name] = family
+
+
+def get_family(name: str) -> Family:
+  if name not in _FAMILIES:
+    raise KeyError(f"Unknown model family {name!r}; registered: {sorted(_FAMILIES)}.")
+  return _FAMILIES[name]
+
+
+def family_for_hf_config(config: Mapping[str, Any], where: Any = "config.json") -> Family:
+  """The family that reads an HF config.json dict (by `model_type`)."""
+  model_type = config.get("model_type")
+  for family in _FAMILIES.values():
+    if model_type in family.hf_model_types:
+      return family
+  supported = sorted(t for f in _FAMILIES.values() for t in f.hf_model_types)
+  raise ValueError(f"{where}: unsupported model_type {model_type!r} (architectures "
+                   f"{config.get('architectures')}); supported model_type: {supported}.")
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a params pytree."""
+  return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
+
+
+register_family(Family(
+    name="bert",
+    config_cls=encoder.EncoderConfig,
+    classifier=encoder.EncoderClassifier,
+    backbone=encoder.Encoder,
+    hf_model_types=("bert",),
+    from_hf=hf.bert_from_hf,
+    to_hf=hf.bert_to_hf,
+    shape_fields=("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                  "max_position_embeddings", "type_vocab_size"),
+))
+
+
+def _apply_overrides(cfg: Any, overrides: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+  """Returns (cfg with the non-zero/non-empty overrides, the overrides applied)."""
+  fields = {f.name for f in dataclasses.fields(cfg)}
+  applied = {}
+  for key, value in (dict(overrides.items()) if overrides else {}).items():
+    if key not in fields:
+      raise ValueError(f"Unknown model override {key!r}; config fields: {sorted(fields)}.")
+    if value:  # 0 / "" / None mean "keep the checkpoint's value"
+      applied[key] = value
+  return cfg.replace(**applied), applied
+
+
+def _init_head(rng: jax.Array, cfg: Any) -> Params:
+  std = getattr(cfg, "initializer_range", 0.02)
+  kernel = std * jax.random.normal(rng, (cfg.hidden_size, cfg.num_labels), jnp.float32)
+  return {"kernel": kernel, "bias": jnp.zeros((cfg.num_labels,), jnp.float32)}
+
+
+def build_model(family: str, source: str | pathlib.Path | None, *, num_labels: int,
+                dtype: str = "float32", pooling: str = "mean",
+                overrides: Mapping[str, Any] | None = None, random_init: bool = False,
+                rng: jax.Array | None = None, dropout: float | None = None
+                ) -> tuple[Any, Params, Any]:
+  """Builds the classifier module, its params and config.
+
+  Args:
+    family: registry name ("bert").
+    source: model source (folder / wheel name / hub id, see `hf.resolve_source`); with
+      `random_init`, only its config.json is read, and None/"" means the family's default config.
+    num_labels: classifier outputs C.
+    dtype: compute dtype ("float32" | "bfloat16"); params stay f32.
+    pooling: "cls" | "mean" | "pooler".
+    overrides: config fields to replace; zero/empty values are ignored (e.g. the locked
+      `config.model.overrides` ConfigDict). Shape-changing overrides need `random_init`.
+    random_init: ignore pretrained weights and initialise every param from `rng`.
+    rng: PRNG key for the new head (or all params with `random_init`); default PRNGKey(0).
+    dropout: if not None, sets both hidden and attention dropout rates.
+
+  Returns:
+    (module, params, cfg): params {"encoder": ..., "head": D×C kernel, C bias} as jnp f32. A
+    checkpoint head is kept only when its shape matches num_labels.
+  """
+  fam = get_family(family)
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  params = None
+  if random_init:
+    cfg = (fam.config_cls.from_hf_dict(hf.read_config(hf.resolve_source(source)))
+           if source else fam.config_cls())
+  else:
+    cfg, params = hf.load_hf(source)
+    if not isinstance(cfg, fam.config_cls):
+      raise ValueError(f"Model source {source!r} is a {type(cfg).__name__} checkpoint, not "
+                       f"family {family!r}; set model.family accordingly.")
+  cfg, applied = _apply_overrides(cfg, overrides)
+  shape_changes = sorted(set(applied) & set(fam.shape_fields))
+  if params is not None and shape_changes:
+    raise ValueError(f"Overrides {shape_changes} change parameter shapes of the pretrained "
+                     f"{source!r}; set model.random_init=True or build a student in distill.")
+  kw = {"num_labels": num_labels, "dtype": dtype, "pooling": pooling}
+  if dropout is not None:
+    kw.update(hidden_dropout=dropout, attention_dropout=dropout)
+  cfg = cfg.replace(**kw)
+  module = fam.classifier(cfg)
+  init_rng, head_rng = jax.random.split(rng)
+  if params is None:
+    ids = jnp.zeros((1, 8), jnp.int32)
+    params = jax.jit(lambda r: module.init(r, ids, jnp.ones_like(ids))["params"])(init_rng)
+  else:
+    head = params.get("head")
+    if head is None or np.shape(head["kernel"]) != (cfg.hidden_size, num_labels):
+      head = _init_head(head_rng, cfg)
+    params = {**params, "head": head}
+  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
+  return module, params, cfg
