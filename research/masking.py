@@ -230,3 +230,24 @@ def prepare(params: PyTree, mask_cfg: Any, rng: jax.Array, *,
 def weight_decay_mask(params: PyTree) -> PyTree:
   """True for leaves that get weight decay: matrices (kernels, embeddings, LoRA factors)."""
   return unflatten({p: len(x.shape) >= 2 for p, x in flatten(params).items()})
+
+
+def validate(params: PyTree, mask_cfg: Any, *, pooling: str = "mean") -> dict[str, int]:
+  """Checks a mask config against (abstract) params without computing anything.
+
+  Args:
+    params: params pytree, typically jax.ShapeDtypeStruct leaves from `jax.eval_shape`.
+    mask_cfg: config `mask` section.
+    pooling: the model's pooling.
+
+  Returns:
+    `count` of the masked params (with adapters for rule="lora").
+
+  Raises:
+    ValueError: as `trainable_paths` / `add_lora`.
+  """
+  if mask_cfg.rule == "lora":
+    params = jax.eval_shape(
+        lambda p: add_lora(p, mask_cfg.lora_rank, mask_cfg.lora_alpha, mask_cfg.lora_targets,
+                           jax.random.PRNGKey(0)), _as_dict(params))
+  return count(params, labels_from_config(params, mask_cfg, pooling=pooling))

@@ -503,6 +503,30 @@ def _load_data(config: Any, model_cfg: Any) -> tuple[dict, Any]:
   return splits, info
 
 
+def _select_layers(config: Any, params: PyTree, model_cfg: Any) -> tuple[PyTree, Any]:
+  """Keeps config.model.layers (DistilBERT-style smaller model) when set."""
+  layers = tuple(config.model.get("layers", ()) or ())
+  if not layers:
+    return params, model_cfg
+  from research import distill  # pylint: disable=g-import-not-at-top
+  return distill.select_layers(params, model_cfg, layers)
+
+
+def _abstract_model(config: Any) -> tuple[PyTree, Any]:
+  """(params as ShapeDtypeStructs, model config) without reading weights or compiling."""
+  from research.models import registry  # pylint: disable=g-import-not-at-top
+  box = {}
+  def build(rng):
+    _, params, cfg = registry.build_model(
+        config.model.family, config.model.source or None, num_labels=2,
+        dtype=config.model.dtype, pooling=config.model.pooling,
+        overrides=config.model.overrides.to_dict(), random_init=True, rng=rng)
+    params, box["cfg"] = _select_layers(config, params, cfg)
+    return params
+  params = jax.eval_shape(build, jax.random.PRNGKey(0))
+  return params, box["cfg"]
+
+
 def _num_labels(config: Any) -> int:
   if config.data.name == SYNTHETIC:
     return 4
@@ -608,16 +632,17 @@ def run(config: Any) -> dict:
   parallel = t.parallel
   model_rng, mask_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
 
-  # Model and mask first: a bad mask fails before data loading or any training compute.
+  # The mask is checked on abstract params (shapes only): a bad rule fails before any compute.
+  abstract, abstract_cfg = _abstract_model(config)
+  masking.validate(abstract, config.mask, pooling=abstract_cfg.pooling)
+
   model, params, model_cfg = registry.build_model(
       config.model.family, config.model.source or None, num_labels=_num_labels(config),
       dtype=config.model.dtype, pooling=config.model.pooling,
       overrides=config.model.overrides.to_dict(), random_init=config.model.random_init,
       rng=model_rng, dropout=config.model.dropout)
-  layers = tuple(config.model.get("layers", ()) or ())
-  if layers:
-    from research import distill  # pylint: disable=g-import-not-at-top
-    params, model_cfg = distill.select_layers(params, model_cfg, layers)
+  params, model_cfg = _select_layers(config, params, model_cfg)
+  if model_cfg.num_layers != abstract_cfg.num_layers:
     model = registry.get_family(config.model.family).classifier(model_cfg)
   params, labels = masking.prepare(params, config.mask, mask_rng, pooling=model_cfg.pooling)
   counts = masking.count(params, labels)
@@ -760,7 +785,7 @@ def run(config: Any) -> dict:
       "kind": "finetune",
       "method": (tags.get("method") if tags else "") or f"finetune_{rule}",
       "domain": (tags.get("domain") if tags else "") or "",
-      "task": (tags.get("task") if tags else "") or f"{d.name}/{d.config}",
+      "task": (tags.get("task") if tags else "") or "/".join(x for x in (d.name, d.config) if x),
       "series": (tags.get("series") if tags else "") or "",
       "seed": config.seed,
       "config": json.loads(config.to_json()),

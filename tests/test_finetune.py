@@ -1,0 +1,168 @@
+"""The fine-tuning run on the smoke config: outputs, SIGKILL + resume, NaN stop, config errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import smoke
+from research import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs the smoke config in `workdir`, then hangs after the 6th train step (checkpoint at step 4,
+# next at 8) so the test can SIGKILL it mid-interval.
+KILLED_RUN = textwrap.dedent("""
+    import sys, time
+    import jax
+    from configs import smoke
+    from research import train
+
+    workdir, marker = sys.argv[1], sys.argv[2]
+    make = train.make_train_step
+    def make_hanging(*args, **kw):
+      step = make(*args, **kw)
+      calls = [0]
+      def hanging(state, batch, aux=None):
+        out = step(state, batch, aux)
+        calls[0] += 1
+        if calls[0] == 6:
+          jax.block_until_ready(out)
+          open(marker, "w").close()
+          time.sleep(600)
+        return out
+      return hanging
+    train.make_train_step = make_hanging
+    config = smoke.get_config()
+    config.workdir = workdir
+    train.run(config)
+""")
+
+
+def _config(workdir, **overrides):
+  c = smoke.get_config()
+  c.workdir = str(workdir)
+  for key, value in overrides.items():
+    section, field = key.split("__")
+    c[section][field] = value
+  return c
+
+
+def _train_losses(workdir):
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      rec = json.loads(line)
+      if rec["split"] == "train":
+        out[rec["step"]] = rec["loss"]
+  return out
+
+
+def _env(cache_dir=None):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  if cache_dir:  # the runs compile the same programs: share them
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               XLA_FLAGS=env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0")
+  return env
+
+
+def _cli(workdir):
+  return [sys.executable, "-m", "experiments.finetune", "--config", "configs/smoke.py",
+          f"--config.workdir={workdir}"]
+
+
+def test_run_outputs_and_sigkill_resume_matches_uninterrupted(tmp_path):
+  killed, ref_dir, marker = tmp_path / "killed", tmp_path / "ref", tmp_path / "hanging"
+  env = _env(tmp_path / "xla_cache")
+  proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(killed), str(marker)],
+                          env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  try:
+    # Meanwhile, the uninterrupted reference run (through the CLI).
+    ref = subprocess.run(_cli(ref_dir), env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    deadline = time.time() + 240
+    while not (marker.exists() and (killed / "checkpoints" / "4").is_dir()):
+      assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+      assert time.time() < deadline, "the killed run never reached step 6"
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert max(_train_losses(killed)) == 5  # logged up to step 5, checkpointed at 4
+
+  resume = subprocess.run(_cli(killed), env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert resume.returncode == 0, resume.stderr[-3000:]
+  ref_losses, resumed_losses = _train_losses(ref_dir), _train_losses(killed)
+  assert sorted(ref_losses) == sorted(resumed_losses) == list(range(1, 13))
+  np.testing.assert_allclose([resumed_losses[s] for s in range(1, 13)],
+                             [ref_losses[s] for s in range(1, 13)], rtol=0, atol=1e-6)
+  ref_record = json.loads((ref_dir / "result.json").read_text())
+  resumed_record = json.loads((killed / "result.json").read_text())
+  assert resumed_record["metrics"]["test"]["accuracy"] == pytest.approx(
+      ref_record["metrics"]["test"]["accuracy"], abs=1e-6)
+  assert resumed_record["examples_seen"] == ref_record["examples_seen"] == 12 * 16
+
+  # The run directory and the result record.
+  for key in ("kind", "method", "task", "seed", "config", "git_sha", "metrics", "params_total",
+              "params_trainable", "train_seconds", "examples_seen", "train_flops"):
+    assert key in ref_record, key
+  assert ref_record["kind"] == "finetune" and ref_record["method"] == "finetune_full"
+  assert set(ref_record["metrics"]["test"]) >= {"accuracy", "macro_f1", "per_class"}
+  assert ref_record["params_trainable"] == ref_record["params_total"] > 0
+  assert sorted(int(s) for s in os.listdir(ref_dir / "checkpoints") if s.isdigit()) == [8, 12]
+  assert train.has_exported_params(ref_dir)
+  params, model_cfg = train.load_run_params(ref_dir)
+  assert model_cfg.num_layers == 2 and model_cfg.hidden_size == 32 and model_cfg.num_labels == 4
+  assert params["head"]["kernel"].shape == (32, 4)
+  splits = [json.loads(l)["split"] for l in open(ref_dir / "metrics.jsonl")]
+  assert splits.count("validation") == 2 and splits.count("test") == 1
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  # From step 3 on the learning rate is NaN: the update of step 4 poisons the params.
+  good = train.make_schedule
+  monkeypatch.setattr(train, "make_schedule", lambda o, n: (
+      lambda s: jnp.where(s >= 3, jnp.nan, good(o, n)(s))))
+  config = _config(tmp_path, train__checkpoint_every=2, train__eval_every=2,
+                   mask__rule="lora", mask__lora_targets=r"attn/(query|value)|mlp/up")
+  with pytest.raises(FloatingPointError, match=r"non-finite .* step 4.*Last good checkpoint: "
+                                               r"step 2"):
+    train.run(config)
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [2]
+  params, _ = train.load_run_params(tmp_path)  # LoRA merged into the exported params
+  assert "lora" not in params and np.isfinite(params["head"]["kernel"]).all()
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(mask__rule="last_k", mask__k=3), r"mask.k=3 but the encoder has 2 layers"),
+    (dict(mask__rule="regex", mask__regex="no_such_param"), r"matches no parameter"),
+    (dict(mask__rule="lora", mask__lora_targets="attn/nothing"), r"matches no 2-D kernel"),
+    (dict(train__parallel="pjit"), r"train.parallel"),
+    (dict(optim__grad_accum=3), r"divisible by optim.grad_accum"),
+])
+def test_bad_config_fails_before_compute(tmp_path, overrides, match):
+  with pytest.raises(ValueError, match=match):
+    train.run(_config(tmp_path, **overrides))
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_cli_rejects_config_typo(tmp_path):
+  proc = subprocess.run(
+      _cli(tmp_path) + ["--config.optim.lrr=1e-3"],
+      env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "lrr" in proc.stderr and not (tmp_path / "checkpoints").exists()
