@@ -661,7 +661,7 @@ def run(config: Any) -> dict:
   store = store_lib.CheckpointStore(os.path.join(workdir, "checkpoints"),
                                     keep=t.keep_checkpoints,
                                     metadata={"config": json.loads(config.to_json())})
-  position = {"epoch": 0, "step": 0, "examples_seen": 0, "train_seconds": 0.0}
+  position = {"epoch": 0, "step": 0, "examples_seen": 0, "train_seconds": 0.0, "train_flops": 0.0}
   if store.latest_step() is not None:
     saved = store.metadata().get("config", {})
     for section in ("model", "mask", "data"):
@@ -690,16 +690,20 @@ def run(config: Any) -> dict:
                               process_count=jax.process_count())
   model_meta = {"family": config.model.family, "config": dataclasses.asdict(model_cfg)}
 
-  def export_params():
-    return jax.device_get(masking.merge_lora(unplace_state(state, parallel).params))
-
+  from research import cost  # pylint: disable=g-import-not-at-top
+  n_layers = model_cfg.num_layers
+  lowest_trained = {"head_only": n_layers, "last_k": n_layers - config.mask.k}.get(
+      config.mask.rule, 0)  # bitfit/lora/regex/full: gradients flow through every layer
+  step_flops = lambda width: cost.analytic_encoder_flops(
+      model_cfg, d.batch_size, width, True, trainable_from_layer=lowest_trained)
+  train_flops = float(position.get("train_flops", 0.0))
   examples_seen = int(position["examples_seen"])
   train_seconds = float(position["train_seconds"])
   window: list[dict] = []
   pending = None       # (step, device metrics) of the last step, checked one step late
-  val_metrics: dict = {}
-  first_step_time = None   # includes compilation
-  speed_examples = 0       # examples after the first step of this session
+  seen_widths: set[int] = set()
+  compile_seconds = 0.0    # steps with a new batch shape (compilation), excluded from the speed
+  speed_examples = 0       # examples of the other steps of this session
 
   def check_pending():
     nonlocal pending
@@ -725,16 +729,22 @@ def run(config: Any) -> dict:
   t_loop = time.time()
   while step < total_steps:
     batch = next(it)
+    width = batch["input_ids"].shape[1]
+    if width not in seen_widths:
+      jax.block_until_ready(state)
+      t_compile = time.time()
     state, metrics = train_step_fn(state, batch)
+    train_flops += step_flops(width)
+    if width not in seen_widths:
+      seen_widths.add(width)
+      jax.block_until_ready(metrics)
+      compile_seconds += time.time() - t_compile
+    else:
+      speed_examples += d.batch_size
     step += 1
     examples_seen += int(batch["valid"].sum()) * jax.process_count()
     check_pending()
     pending = (step, metrics)
-    if first_step_time is None:
-      jax.block_until_ready(metrics)
-      first_step_time = time.time() - t_loop
-    else:
-      speed_examples += d.batch_size
     boundary = step % eval_every == 0 or step % ckpt_every == 0 or step == total_steps
     if step % log_every == 0 or boundary:
       check_pending()
@@ -746,14 +756,14 @@ def run(config: Any) -> dict:
     if step % eval_every == 0 or step == total_steps:
       t_eval = time.time()
       params_now = unplace_state(state, parallel).params
-      val_metrics = _evaluate(eval_step, state.params, splits["validation"], info, config)
+      val = _evaluate(eval_step, state.params, splits["validation"], info, config)
       log.write({"step": step, "split": "validation",
-                 **{k: v for k, v in val_metrics.items() if k != "per_class"}})
-      best.update(step, val_metrics, jax.device_get(masking.merge_lora(params_now)), model_meta)
+                 **{k: v for k, v in val.items() if k != "per_class"}})
+      best.update(step, val, jax.device_get(masking.merge_lora(params_now)), model_meta)
       t_loop += time.time() - t_eval  # evaluation is not training time
     if step % ckpt_every == 0 or step == total_steps:
       now = time.time()
-      pos = dict(it.position, examples_seen=examples_seen,
+      pos = dict(it.position, examples_seen=examples_seen, train_flops=train_flops,
                  train_seconds=train_seconds + now - t_loop)
       store.save(step, unplace_state(state, parallel), pos)
     bar.update(1)
@@ -764,11 +774,10 @@ def run(config: Any) -> dict:
   store.wait()
   best.wait()
 
-  # Test with the best-by-validation params.
+  # Validation and test metrics of the best-by-validation params.
   best_params, _ = store_lib.load_best(workdir)
   best_placed = place_state(best_params, parallel, mesh)
-  if not val_metrics:
-    val_metrics = _evaluate(eval_step, best_placed, splits["validation"], info, config)
+  val_metrics = _evaluate(eval_step, best_placed, splits["validation"], info, config)
   test_metrics = _evaluate(eval_step, best_placed, splits["test"], info, config)
   log.write({"step": step, "split": "test",
              **{k: v for k, v in test_metrics.items() if k != "per_class"}})
@@ -778,15 +787,17 @@ def run(config: Any) -> dict:
       hf.save_hf(best_params, model_cfg, workdir, family=config.model.family)
     except (ImportError, ValueError, KeyError) as e:  # a family without an HF exporter
       print(f"HF export skipped: {e}")
-  ckpt_bytes = masking.count(best_params)["bytes_total"]
-  tags = config.get("tags", {})
-  rule = config.mask.rule
+  hf_file = os.path.join(workdir, "model.safetensors")
+  ckpt_bytes = (cost.checkpoint_bytes(hf_file) if os.path.exists(hf_file)
+                else masking.count(best_params)["bytes_total"])
+  tags = config.tags
   result = {
       "kind": "finetune",
-      "method": (tags.get("method") if tags else "") or f"finetune_{rule}",
-      "domain": (tags.get("domain") if tags else "") or "",
-      "task": (tags.get("task") if tags else "") or "/".join(x for x in (d.name, d.config) if x),
-      "series": (tags.get("series") if tags else "") or "",
+      "method": tags.method or f"finetune_{config.mask.rule}",
+      "domain": tags.domain,
+      "task": tags.task or "/".join(x for x in (d.name, d.config) if x),
+      "series": tags.series,
+      "label_fraction": d.label_fraction,
       "seed": config.seed,
       "config": json.loads(config.to_json()),
       "git_sha": _git_sha(),
@@ -795,22 +806,22 @@ def run(config: Any) -> dict:
       "params_total": merged_counts["params_total"],
       "params_trainable": counts["params_trainable"],
       "checkpoint_bytes": ckpt_bytes,
-      "train_flops": None,
-      "train_flops_source": "",
+      "train_flops": train_flops,
+      "train_flops_source": cost.SOURCE_ANALYTIC,
       "train_seconds": train_seconds,
       "wall_seconds": time.time() - t_start,
       "examples_seen": examples_seen,
-      # Steady-state speed of this session (after the compiling first step; includes logging
-      # and async checkpoint starts, not evaluation).
-      "examples_per_second": (speed_examples / (session_seconds - first_step_time)
+      # Steady-state speed of this session: steps that compiled (a new batch width) are left out;
+      # logging and checkpoint starts are in, evaluation is not.
+      "examples_per_second": (speed_examples / (session_seconds - compile_seconds)
                               if speed_examples else None),
-      "first_step_seconds": first_step_time,
+      "compile_seconds": compile_seconds,
       "steps": total_steps,
       "labeled_examples": len(train_split),
       "unlabeled_examples": 0,
       "teacher_flops": 0,
       "latency": {},
-      "is_teacher": bool(tags.get("is_teacher", False)) if tags else False,
+      "is_teacher": bool(tags.is_teacher),
       "run_dir": workdir,
   }
   if jax.process_index() == 0:
