@@ -14,19 +14,34 @@ micro-batches (rows j, j+A, j+2A, ... form micro-batch j, so every device keeps 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
+import pathlib
+import subprocess
+import time
 from typing import Any, Callable, Mapping
 
 import flax.struct
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
 
+from research import cost
+from research import data as data_lib
+from research import distill
 from research import losses
 from research import masking
+from research import metrics as metrics_lib
+from research.checkpoints import hf
+from research.checkpoints import store as store_lib
+from research.data import pipeline
+from research.models import registry
 
 PyTree = Any
 Batch = Mapping[str, Any]
@@ -345,7 +360,6 @@ def make_eval_step(predict_fn: Callable[[PyTree, Batch, PyTree], PyTree], *,
     out = jitted(params, _put_batch(batch, "jit", mesh), aux)
     if jax.process_count() == 1:
       return jax.device_get(out)
-    from jax.experimental import multihost_utils
     return multihost_utils.process_allgather(out, tiled=True)
   return step
 
@@ -353,7 +367,6 @@ def make_eval_step(predict_fn: Callable[[PyTree, Batch, PyTree], PyTree], *,
 def _gather_processes(out: PyTree) -> PyTree:
   if jax.process_count() == 1:
     return out
-  from jax.experimental import multihost_utils
   return multihost_utils.process_allgather(out, tiled=True)
 
 
@@ -436,7 +449,6 @@ def check_config(config: Any) -> None:
 
 def has_exported_params(run_dir: str | os.PathLike) -> bool:
   """True when a run directory holds exported best params (`load_run_params` will work)."""
-  import pathlib  # pylint: disable=g-import-not-at-top
   best = pathlib.Path(run_dir) / "best"
   return best.is_dir() and any(p.name.isdigit() for p in best.iterdir())
 
@@ -448,9 +460,7 @@ def load_run_params(run_dir: str | os.PathLike) -> tuple[dict, Any]:
     (params as numpy float32 (LoRA merged), model config: the family's config class, e.g.
     EncoderConfig, with num_labels/pooling/dtype as trained).
   """
-  from research.checkpoints import store  # pylint: disable=g-import-not-at-top
-  from research.models import registry  # pylint: disable=g-import-not-at-top
-  params, meta = store.load_best(run_dir)
+  params, meta = store_lib.load_best(run_dir)
   family = registry.get_family(meta["model"]["family"])
   return params, family.config_cls(**meta["model"]["config"])
 
@@ -458,7 +468,6 @@ def load_run_params(run_dir: str | os.PathLike) -> tuple[dict, Any]:
 def synthetic_split(n: int, *, num_classes: int, vocab_size: int, max_length: int,
                     seed: int) -> Any:
   """A learnable toy split (tests, smoke runs): class c draws most tokens from vocab band c."""
-  from research.data import pipeline  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(seed)
   labels = rng.randint(0, num_classes, n).astype(np.int32)
   lengths = rng.randint(max(2, max_length // 4), max_length + 1, n).astype(np.int32)
@@ -475,9 +484,6 @@ def synthetic_split(n: int, *, num_classes: int, vocab_size: int, max_length: in
 
 def _load_data(config: Any, model_cfg: Any) -> tuple[dict, Any]:
   """Tokenized train/validation/test splits and the dataset summary."""
-  from research import data as data_lib  # pylint: disable=g-import-not-at-top
-  from research.checkpoints import hf  # pylint: disable=g-import-not-at-top
-  from research.data import pipeline  # pylint: disable=g-import-not-at-top
   d = config.data
   if d.name == SYNTHETIC:
     c = model_cfg.num_labels
@@ -508,13 +514,11 @@ def _select_layers(config: Any, params: PyTree, model_cfg: Any) -> tuple[PyTree,
   layers = tuple(config.model.get("layers", ()) or ())
   if not layers:
     return params, model_cfg
-  from research import distill  # pylint: disable=g-import-not-at-top
   return distill.select_layers(params, model_cfg, layers)
 
 
 def _abstract_model(config: Any) -> tuple[PyTree, Any]:
   """(params as ShapeDtypeStructs, model config) without reading weights or compiling."""
-  from research.models import registry  # pylint: disable=g-import-not-at-top
   box = {}
   def build(rng):
     _, params, cfg = registry.build_model(
@@ -530,14 +534,12 @@ def _abstract_model(config: Any) -> tuple[PyTree, Any]:
 def _num_labels(config: Any) -> int:
   if config.data.name == SYNTHETIC:
     return 4
-  from research import data as data_lib  # pylint: disable=g-import-not-at-top
   d = config.data
   return data_lib.info(d.name, d.config or None, manual_dir=d.manual_dir or None,
                        data_dir=d.data_dir or None).num_classes
 
 
 def _git_sha() -> str:
-  import subprocess  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
     sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -559,7 +561,6 @@ class _MetricsLog:
       return
     kept = []
     if os.path.exists(path):
-      import json  # pylint: disable=g-import-not-at-top
       with open(path) as f:
         for line in f:
           line = line.strip()
@@ -575,7 +576,6 @@ class _MetricsLog:
 
   def write(self, record: Mapping[str, Any]) -> None:
     if self.enabled:
-      import json  # pylint: disable=g-import-not-at-top
       with open(self.path, "a") as f:
         f.write(json.dumps(record, sort_keys=True, default=float) + "\n")
 
@@ -583,8 +583,6 @@ class _MetricsLog:
 def _evaluate(eval_step: Callable, params: PyTree, split: Any, info: Mapping[str, Any],
               config: Any) -> dict:
   """Metrics of `params` on a tokenized split (every example once)."""
-  from research import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from research.data import pipeline  # pylint: disable=g-import-not-at-top
   logits, index = [], []
   for batch in pipeline.eval_batches(split, config.data.eval_batch_size, config.data.buckets,
                                      labeled=False, process_index=jax.process_index(),
@@ -615,14 +613,6 @@ def run(config: Any) -> dict:
     ValueError: bad config values (before any compute).
     FloatingPointError: a non-finite loss/gradient/param norm; the last good checkpoint is kept.
   """
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-  from research.checkpoints import store as store_lib  # pylint: disable=g-import-not-at-top
-  from research.data import pipeline  # pylint: disable=g-import-not-at-top
-  from research.models import registry  # pylint: disable=g-import-not-at-top
-
   t_start = time.time()
   check_config(config)
   maybe_initialize_distributed()
@@ -690,7 +680,6 @@ def run(config: Any) -> dict:
                               process_count=jax.process_count())
   model_meta = {"family": config.model.family, "config": dataclasses.asdict(model_cfg)}
 
-  from research import cost  # pylint: disable=g-import-not-at-top
   n_layers = model_cfg.num_layers
   lowest_trained = {"head_only": n_layers, "last_k": n_layers - config.mask.k}.get(
       config.mask.rule, 0)  # bitfit/lora/regex/full: gradients flow through every layer
@@ -781,12 +770,8 @@ def run(config: Any) -> dict:
   test_metrics = _evaluate(eval_step, best_placed, splits["test"], info, config)
   log.write({"step": step, "split": "test",
              **{k: v for k, v in test_metrics.items() if k != "per_class"}})
-  if jax.process_index() == 0:
-    try:
-      from research.checkpoints import hf  # pylint: disable=g-import-not-at-top
-      hf.save_hf(best_params, model_cfg, workdir, family=config.model.family)
-    except (ImportError, ValueError, KeyError) as e:  # a family without an HF exporter
-      print(f"HF export skipped: {e}")
+  if jax.process_index() == 0:  # the best params as an HF folder too (config.json + safetensors)
+    hf.save_hf(best_params, model_cfg, workdir, family=config.model.family)
   hf_file = os.path.join(workdir, "model.safetensors")
   ckpt_bytes = (cost.checkpoint_bytes(hf_file) if os.path.exists(hf_file)
                 else masking.count(best_params)["bytes_total"])
@@ -803,6 +788,7 @@ def run(config: Any) -> dict:
       "git_sha": _git_sha(),
       "metrics": {"test": test_metrics, "validation": val_metrics,
                   "best_validation": {"step": best.best_step, t.best_metric: best.best_value}},
+      "model": dataclasses.asdict(model_cfg),
       "params_total": merged_counts["params_total"],
       "params_trainable": counts["params_trainable"],
       "checkpoint_bytes": ckpt_bytes,

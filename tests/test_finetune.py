@@ -17,15 +17,19 @@ from research import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Runs the smoke config in `workdir`, then hangs after the 6th train step (checkpoint at step 4,
-# next at 8) so the test can SIGKILL it mid-interval.
+# Runs the smoke config uninterrupted in `ref_dir`, then again in `workdir` but hanging after the
+# 6th train step (checkpoint at step 4, next at 8) so the test can SIGKILL it mid-interval.
 KILLED_RUN = textwrap.dedent("""
     import sys, time
     import jax
     from configs import smoke
     from research import train
 
-    workdir, marker = sys.argv[1], sys.argv[2]
+    ref_dir, workdir, marker = sys.argv[1:]
+    config = smoke.get_config()
+    config.workdir = ref_dir
+    train.run(config)
+
     make = train.make_train_step
     def make_hanging(*args, **kw):
       step = make(*args, **kw)
@@ -84,13 +88,10 @@ def _cli(workdir):
 def test_run_outputs_and_sigkill_resume_matches_uninterrupted(tmp_path):
   killed, ref_dir, marker = tmp_path / "killed", tmp_path / "ref", tmp_path / "hanging"
   env = _env(tmp_path / "xla_cache")
-  proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(killed), str(marker)],
+  proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(ref_dir), str(killed),
+                           str(marker)],
                           env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   try:
-    # Meanwhile, the uninterrupted reference run (through the CLI).
-    ref = subprocess.run(_cli(ref_dir), env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
-    assert ref.returncode == 0, ref.stderr[-3000:]
     deadline = time.time() + 240
     while not (marker.exists() and (killed / "checkpoints" / "4").is_dir()):
       assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
@@ -105,7 +106,7 @@ def test_run_outputs_and_sigkill_resume_matches_uninterrupted(tmp_path):
   assert proc.returncode == -signal.SIGKILL
   assert max(_train_losses(killed)) == 5  # logged up to step 5, checkpointed at 4
 
-  resume = subprocess.run(_cli(killed), env=env, cwd=ROOT, capture_output=True, text=True,
+  resume = subprocess.run(_cli(killed), env=env,  # the CLI, as a user would rerun cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
   assert resume.returncode == 0, resume.stderr[-3000:]
   ref_losses, resumed_losses = _train_losses(ref_dir), _train_losses(killed)
