@@ -14,7 +14,7 @@ def get_config(arg: str = ""):
   phrasebank = grid_common.task(
       "phrasebank_allagree", "financial_phrasebank", "allagree",
       data={"max_length": 96, "buckets": (32, 64, 96), "batch_size": 32},
-      optim={"lr": 1e-4}, train={"epochs": 5.0})
+      optim={"lr": 1e-4}, train={"epochs": 4.0})
   banking = grid_common.task(
       "banking77", "banking77", "default",
       data={"max_length": 64, "buckets": (32, 64), "batch_size": 32},

@@ -30,7 +30,7 @@ def grid_config(domain: str) -> ml_collections.ConfigDict:
   m.hidden_weight = 1.0
   m.attn_weight = 1.0
   m.layer_map = (1, 3, 5)        # student layer i matches teacher layer layer_map[i] (0-based)
-  m.kd_epochs = 6.0
+  m.kd_epochs = 4.0
 
   de = g.data_efficiency = ml_collections.ConfigDict()
   de.enabled = True

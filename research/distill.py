@@ -268,3 +268,135 @@ def load_teacher_logits(path: str | os.PathLike,
     raise ValueError(f"teacher logits cache {str(path)!r} is stale: (stored, expected) {stale}; "
                      "delete it to rebuild.")
   return cache
+
+
+# ----------------------------------------------------------------------------- training setup
+
+PROJ_KEY = "kd_proj"  # params[PROJ_KEY]: learned student->teacher width projections (trained)
+
+
+def is_distillation(config) -> bool:
+  """True when a run config names one or more teachers."""
+  return bool(config.distill.teacher or tuple(config.distill.teachers))
+
+
+def teacher_dirs(config) -> tuple[str, ...]:
+  return tuple(config.distill.teachers) or (config.distill.teacher,)
+
+
+@dataclasses.dataclass
+class DistillSetup:
+  """What a distillation run trains, and against what.
+
+  Attributes:
+    model: the student classifier module.
+    params: student params (+ params[PROJ_KEY] when hidden-state widths differ).
+    model_cfg: the student's config.
+    teacher_models / teacher_cfgs: the frozen teachers.
+    aux: tuple of teacher params (passed to the train step, never differentiated).
+    weights: the active loss weights.
+  """
+  model: Any
+  params: Any
+  model_cfg: Any
+  teacher_models: tuple
+  teacher_cfgs: tuple
+  aux: tuple
+  weights: dict
+
+  def uses_labels(self) -> bool:
+    """Whether ground-truth labels enter the loss (the labeled-data column of the table)."""
+    return any(n in self.weights for n in ("ce",))
+
+  def loss_fn(self, config, *, multilabel: bool):
+    """loss_fn(params, batch, rng, aux) for the train step: student vs frozen teachers."""
+    needs = losses_lib.required_outputs(self.weights)
+    want_h, want_a = "hidden_states" in needs, "attentions" in needs
+    d = config.distill
+    weights, model, teachers = dict(self.weights), self.model, self.teacher_models
+    layer_map = tuple(d.layer_map)
+    teacher_weights = tuple(d.teacher_weights) or None
+    several = len(teachers) > 1
+
+    def loss_fn(params, batch, rng, aux):
+      params = dict(params)
+      proj = params.pop(PROJ_KEY, None)
+      args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+      s_out = model.apply({"params": params}, *args, deterministic=False,
+                          output_hidden_states=want_h, output_attentions=want_a,
+                          rngs={"dropout": rng})
+      t_outs = [t.apply({"params": jax.lax.stop_gradient(p)}, *args, deterministic=True,
+                        output_hidden_states=want_h, output_attentions=want_a)
+                for t, p in zip(teachers, aux)]
+      t_out = dict(t_outs[0])
+      if several:
+        t_out["logits"] = [o["logits"] for o in t_outs]
+      return losses_lib.combined_loss(
+          weights, student_out=s_out, teacher_out=t_out, batch=batch,
+          temperature=d.temperature, layer_map=layer_map, proj_params=proj,
+          teacher_weights=teacher_weights, label_smoothing=config.train.label_smoothing,
+          top_k=d.top_k, multilabel=multilabel)
+    return loss_fn
+
+  def teacher_forward_flops(self, batch: int, seq_len: int) -> float:
+    from research import cost  # pylint: disable=g-import-not-at-top
+    return float(sum(cost.analytic_encoder_flops(c, batch, seq_len, False)
+                     for c in self.teacher_cfgs))
+
+
+def build_setup(config, *, num_labels: int, rng) -> DistillSetup:
+  """Loads the teachers, builds the student and checks everything before any training.
+
+  Student: `distill.student_init="layers"` copies `distill.student_layers` of the (first) teacher
+  (DistilBERT-style); "fresh" builds `config.model` (its overrides, random_init, layers).
+  """
+  from research import train  # pylint: disable=g-import-not-at-top
+  from research.models import registry  # pylint: disable=g-import-not-at-top
+  d = config.distill
+  dirs = teacher_dirs(config)
+  if d.teacher and tuple(d.teachers):
+    raise ValueError("set distill.teacher or distill.teachers, not both.")
+  if d.teacher_weights and len(d.teacher_weights) != len(dirs):
+    raise ValueError(f"distill.teacher_weights has {len(d.teacher_weights)} entries for "
+                     f"{len(dirs)} teachers.")
+  for p in dirs:
+    check_teacher_dir(p)
+    if not train.has_exported_params(p):
+      raise FileNotFoundError(f"teacher run dir {p!r} has no exported best params (best/); "
+                              "finish the teacher's fine-tuning run first.")
+  loaded = [train.load_run_params(p) for p in dirs]
+  family = registry.get_family(config.model.family)
+  t_cfgs = tuple(_replace(c, dtype=config.model.dtype) for _, c in loaded)
+  for c, p in zip(t_cfgs, dirs):
+    if c.num_labels != num_labels:
+      raise ValueError(f"teacher {p!r} predicts {c.num_labels} labels but the dataset "
+                       f"{config.data.name}/{config.data.config} has {num_labels}; use a teacher "
+                       "fine-tuned on this task.")
+  if d.student_init == "layers":
+    params, s_cfg = select_layers(loaded[0][0], loaded[0][1], tuple(d.student_layers))
+  elif d.student_init == "fresh":
+    _, params, s_cfg = registry.build_model(
+        config.model.family, config.model.source or None, num_labels=num_labels,
+        dtype=config.model.dtype, pooling=config.model.pooling,
+        overrides=config.model.overrides.to_dict(), random_init=config.model.random_init,
+        rng=rng, dropout=config.model.dropout)
+    if tuple(config.model.layers):
+      params, s_cfg = select_layers(params, s_cfg, tuple(config.model.layers))
+  else:
+    raise ValueError(f"distill.student_init={d.student_init!r}; use 'layers' or 'fresh'.")
+  s_cfg = _replace(s_cfg, dtype=config.model.dtype, hidden_dropout=config.model.dropout,
+                   attention_dropout=config.model.dropout)
+  for c in t_cfgs[1:]:
+    check_compatible(s_cfg, c)
+  weights = check_setup(student_cfg=s_cfg, teacher_cfg=t_cfgs[0], losses=d.losses.to_dict(),
+                        layer_map=tuple(d.layer_map))
+  needs = losses_lib.required_outputs(weights)
+  if "hidden_states" in needs:
+    n_map = len(d.layer_map) or s_cfg.num_layers
+    proj = losses_lib.init_projections(rng, s_cfg.hidden_size, t_cfgs[0].hidden_size, n_map)
+    if proj:
+      params = dict(params, **{PROJ_KEY: proj})
+  return DistillSetup(
+      model=family.classifier(s_cfg), params=params, model_cfg=s_cfg,
+      teacher_models=tuple(family.classifier(c) for c in t_cfgs), teacher_cfgs=t_cfgs,
+      aux=tuple(jax.tree.map(np.asarray, p) for p, _ in loaded), weights=weights)

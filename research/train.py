@@ -374,10 +374,15 @@ def _gather_processes(out: PyTree) -> PyTree:
 # Classification loss / prediction built from a model's apply
 
 
+def model_params(params: PyTree) -> dict:
+  """The params the model itself uses: LoRA folded in, training-only extras (KD projections) off."""
+  return {k: v for k, v in masking.merge_lora(params).items() if k != "kd_proj"}
+
+
 def _apply(model: Any, params: PyTree, batch: Batch, *, deterministic: bool,
            rng: jax.Array | None = None) -> dict:
   rngs = None if deterministic else {"dropout": rng}
-  return model.apply({"params": masking.merge_lora(params)}, batch["input_ids"],
+  return model.apply({"params": model_params(params)}, batch["input_ids"],
                      batch["attention_mask"], batch["token_type_ids"],
                      deterministic=deterministic, rngs=rngs)
 
@@ -502,8 +507,13 @@ def _load_data(config: Any, model_cfg: Any) -> tuple[dict, Any]:
             for s in ("train", "validation", "test")}
   if d.label_fraction < 1.0:
     records = data_lib.load(d.name, d.config or None, "train", **kw)
-    labeled, _ = pipeline.label_fraction(records, d.label_fraction, config.seed)
-    splits["train"] = splits["train"].subset(labeled)
+    labeled, unlabeled = pipeline.label_fraction(records, d.label_fraction, config.seed)
+    if d.keep_unlabeled:  # every input stays; the unlabeled rest only feeds distillation losses
+      labels = np.array(splits["train"].labels, copy=True)
+      labels[np.asarray(unlabeled, np.int64)] = -1
+      splits["train"] = dataclasses.replace(splits["train"], labels=labels)
+    else:
+      splits["train"] = splits["train"].subset(labeled)
   info = dict(num_classes=meta.num_classes, label_names=tuple(meta.label_names),
               multilabel=meta.multilabel)
   return splits, info
@@ -537,6 +547,14 @@ def _num_labels(config: Any) -> int:
   d = config.data
   return data_lib.info(d.name, d.config or None, manual_dir=d.manual_dir or None,
                        data_dir=d.data_dir or None).num_classes
+
+
+def _labeled_count(split: Any) -> int:
+  """Rows whose label is known (unlabeled rows carry -1; multilabel rows are all labeled)."""
+  if split.labels is None:
+    return 0
+  labels = np.asarray(split.labels)
+  return int((labels >= 0).sum()) if labels.ndim == 1 else len(split)
 
 
 def _git_sha() -> str:
@@ -626,17 +644,23 @@ def run(config: Any) -> dict:
   abstract, abstract_cfg = _abstract_model(config)
   masking.validate(abstract, config.mask, pooling=abstract_cfg.pooling)
 
-  model, params, model_cfg = registry.build_model(
-      config.model.family, config.model.source or None, num_labels=_num_labels(config),
-      dtype=config.model.dtype, pooling=config.model.pooling,
-      overrides=config.model.overrides.to_dict(), random_init=config.model.random_init,
-      rng=model_rng, dropout=config.model.dropout)
-  params, model_cfg = _select_layers(config, params, model_cfg)
-  if model_cfg.num_layers != abstract_cfg.num_layers:
-    model = registry.get_family(config.model.family).classifier(model_cfg)
+  from research import distill  # pylint: disable=g-import-not-at-top
+  kd = None  # distillation setup: student, frozen teachers, loss weights
+  if distill.is_distillation(config):
+    kd = distill.build_setup(config, num_labels=_num_labels(config), rng=model_rng)
+    model, params, model_cfg = kd.model, kd.params, kd.model_cfg
+  else:
+    model, params, model_cfg = registry.build_model(
+        config.model.family, config.model.source or None, num_labels=_num_labels(config),
+        dtype=config.model.dtype, pooling=config.model.pooling,
+        overrides=config.model.overrides.to_dict(), random_init=config.model.random_init,
+        rng=model_rng, dropout=config.model.dropout)
+    params, model_cfg = _select_layers(config, params, model_cfg)
+    if model_cfg.num_layers != abstract_cfg.num_layers:
+      model = registry.get_family(config.model.family).classifier(model_cfg)
   params, labels = masking.prepare(params, config.mask, mask_rng, pooling=model_cfg.pooling)
   counts = masking.count(params, labels)
-  merged_counts = masking.count(masking.merge_lora(params))
+  merged_counts = masking.count(model_params(params))
 
   splits, info = _load_data(config, model_cfg)
   train_split = splits["train"]
@@ -665,8 +689,13 @@ def run(config: Any) -> dict:
   best = store_lib.BestExport(workdir, t.best_metric)
 
   mesh = make_mesh() if parallel == "jit" else None
-  loss_fn = classification_loss_fn(model, label_smoothing=t.label_smoothing,
-                                   multilabel=info["multilabel"])
+  if kd is None:
+    loss_fn = classification_loss_fn(model, label_smoothing=t.label_smoothing,
+                                     multilabel=info["multilabel"])
+    aux = None
+  else:
+    loss_fn = kd.loss_fn(config, multilabel=info["multilabel"])
+    aux = jax.device_put(kd.aux)  # teachers: placed once, passed to every step, never trained
   base_predict = classification_predict_fn(model)
   predict_fn = lambda p, b, aux: dict(base_predict(p, b, aux), valid=b["valid"], index=b["index"])
   train_step_fn = make_train_step(loss_fn, tx, grad_accum=config.optim.grad_accum,
@@ -686,6 +715,7 @@ def run(config: Any) -> dict:
   step_flops = lambda width: cost.analytic_encoder_flops(
       model_cfg, d.batch_size, width, True, trainable_from_layer=lowest_trained)
   train_flops = float(position.get("train_flops", 0.0))
+  teacher_flops = float(position.get("teacher_flops", 0.0))
   examples_seen = int(position["examples_seen"])
   train_seconds = float(position["train_seconds"])
   window: list[dict] = []
@@ -722,8 +752,10 @@ def run(config: Any) -> dict:
     if width not in seen_widths:
       jax.block_until_ready(state)
       t_compile = time.time()
-    state, metrics = train_step_fn(state, batch)
+    state, metrics = train_step_fn(state, batch, aux)
     train_flops += step_flops(width)
+    if kd is not None:
+      teacher_flops += kd.teacher_forward_flops(d.batch_size, width)
     if width not in seen_widths:
       seen_widths.add(width)
       jax.block_until_ready(metrics)
@@ -748,11 +780,12 @@ def run(config: Any) -> dict:
       val = _evaluate(eval_step, state.params, splits["validation"], info, config)
       log.write({"step": step, "split": "validation",
                  **{k: v for k, v in val.items() if k != "per_class"}})
-      best.update(step, val, jax.device_get(masking.merge_lora(params_now)), model_meta)
+      best.update(step, val, jax.device_get(model_params(params_now)), model_meta)
       t_loop += time.time() - t_eval  # evaluation is not training time
     if step % ckpt_every == 0 or step == total_steps:
       now = time.time()
       pos = dict(it.position, examples_seen=examples_seen, train_flops=train_flops,
+                 teacher_flops=teacher_flops,
                  train_seconds=train_seconds + now - t_loop)
       store.save(step, unplace_state(state, parallel), pos)
     bar.update(1)
@@ -776,8 +809,11 @@ def run(config: Any) -> dict:
   ckpt_bytes = (cost.checkpoint_bytes(hf_file) if os.path.exists(hf_file)
                 else masking.count(best_params)["bytes_total"])
   tags = config.tags
+  n_labeled = _labeled_count(train_split)
+  if kd is not None and not kd.uses_labels():
+    n_labeled = 0  # ground truth never enters the loss (alpha = 0, labels-only KD)
   result = {
-      "kind": "finetune",
+      "kind": "finetune" if kd is None else "distill",
       "method": tags.method or f"finetune_{config.mask.rule}",
       "domain": tags.domain,
       "task": tags.task or "/".join(x for x in (d.name, d.config) if x),
@@ -792,7 +828,7 @@ def run(config: Any) -> dict:
       "params_total": merged_counts["params_total"],
       "params_trainable": counts["params_trainable"],
       "checkpoint_bytes": ckpt_bytes,
-      "train_flops": train_flops,
+      "train_flops": train_flops + teacher_flops,  # teacher forward passes included
       "train_flops_source": cost.SOURCE_ANALYTIC,
       "train_seconds": train_seconds,
       "wall_seconds": time.time() - t_start,
@@ -803,9 +839,11 @@ def run(config: Any) -> dict:
                               if speed_examples else None),
       "compile_seconds": compile_seconds,
       "steps": total_steps,
-      "labeled_examples": len(train_split),
-      "unlabeled_examples": 0,
-      "teacher_flops": 0,
+      "labeled_examples": n_labeled,
+      "unlabeled_examples": len(train_split) - n_labeled,
+      "teacher_flops": teacher_flops,
+      "teachers": list(distill.teacher_dirs(config)) if kd is not None else [],
+      "model": dataclasses.asdict(model_cfg),
       "latency": {},
       "is_teacher": bool(tags.is_teacher),
       "run_dir": workdir,
