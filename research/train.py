@@ -644,7 +644,6 @@ def run(config: Any) -> dict:
   abstract, abstract_cfg = _abstract_model(config)
   masking.validate(abstract, config.mask, pooling=abstract_cfg.pooling)
 
-  from research import distill  # pylint: disable=g-import-not-at-top
   kd = None  # distillation setup: student, frozen teachers, loss weights
   if distill.is_distillation(config):
     kd = distill.build_setup(config, num_labels=_num_labels(config), rng=model_rng)
@@ -843,7 +842,6 @@ def run(config: Any) -> dict:
       "unlabeled_examples": len(train_split) - n_labeled,
       "teacher_flops": teacher_flops,
       "teachers": list(distill.teacher_dirs(config)) if kd is not None else [],
-      "model": dataclasses.asdict(model_cfg),
       "latency": {},
       "is_teacher": bool(tags.is_teacher),
       "run_dir": workdir,
