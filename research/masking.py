@@ -227,11 +227,6 @@ def prepare(params: PyTree, mask_cfg: Any, rng: jax.Array, *,
     params = add_lora(params, mask_cfg.lora_rank, mask_cfg.lora_alpha, mask_cfg.lora_targets, rng)
   return params, labels_from_config(params, mask_cfg, pooling=pooling)
 
-def weight_decay_mask(params: PyTree) -> PyTree:
-  """True for leaves that get weight decay: matrices (kernels, embeddings, LoRA factors)."""
-  return unflatten({p: len(x.shape) >= 2 for p, x in flatten(params).items()})
-
-
 def validate(params: PyTree, mask_cfg: Any, *, pooling: str = "mean") -> dict[str, int]:
   """Checks a mask config against (abstract) params without computing anything.
 
