@@ -3,7 +3,11 @@
 import os
 import pathlib
 
-import pytest
+# Tests compile many tiny programs: skipping XLA's backend optimisations halves compile time and
+# leaves results within the tests' tolerances. Set before jax is imported by any test module.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
+import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds
 
 from research.data.builders import base
