@@ -654,8 +654,9 @@ def run(config: Any) -> dict:
         dtype=config.model.dtype, pooling=config.model.pooling,
         overrides=config.model.overrides.to_dict(), random_init=config.model.random_init,
         rng=model_rng, dropout=config.model.dropout)
+    built_layers = model_cfg.num_layers
     params, model_cfg = _select_layers(config, params, model_cfg)
-    if model_cfg.num_layers != abstract_cfg.num_layers:
+    if model_cfg.num_layers != built_layers:  # model.layers kept fewer: rebuild the module
       model = registry.get_family(config.model.family).classifier(model_cfg)
   params, labels = masking.prepare(params, config.mask, mask_rng, pooling=model_cfg.pooling)
   counts = masking.count(params, labels)
