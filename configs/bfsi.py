@@ -17,8 +17,8 @@ def get_config(arg: str = ""):
       optim={"lr": 1e-4}, train={"epochs": 4.0})
   banking = grid_common.task(
       "banking77", "banking77", "default",
-      data={"max_length": 64, "buckets": (32, 64), "batch_size": 32},
-      optim={"lr": 2e-4}, train={"epochs": 6.0})
+      data={"max_length": 64, "buckets": (16, 32, 64), "batch_size": 32},
+      optim={"lr": 2e-4}, train={"epochs": 4.0})
   g.tasks = [phrasebank, banking]
   g.data_efficiency.tasks = ("phrasebank_allagree",)
   g.data_efficiency.seeds = (0, 1, 2)

@@ -25,7 +25,8 @@ from research.losses import check_layer_map, default_layer_map  # re-exported fo
 __all__ = [
     "select_layers", "every_other", "first_k", "fresh_student", "check_layer_map",
     "default_layer_map", "check_compatible", "check_teacher_dir", "check_setup", "TEACHER_FILES",
-    "cache_teacher_logits", "load_teacher_logits", "TeacherLogits",
+    "cache_teacher_logits", "load_teacher_logits", "TeacherLogits", "teacher_finished",
+    "teacher_config", "run_with_teacher",
 ]
 
 # Files a teacher export must hold: the HF-format folder written/read by research/checkpoints/hf.py.
@@ -400,3 +401,76 @@ def build_setup(config, *, num_labels: int, rng) -> DistillSetup:
       model=family.classifier(s_cfg), params=params, model_cfg=s_cfg,
       teacher_models=tuple(family.classifier(c) for c in t_cfgs), teacher_cfgs=t_cfgs,
       aux=tuple(jax.tree.map(np.asarray, p) for p, _ in loaded), weights=weights)
+
+
+# ----------------------------------------------------------------------------- teacher, then student
+
+
+def teacher_finished(run_dir: str | os.PathLike) -> bool:
+  """True when a teacher run dir holds a finished run: exported best params and its result.json."""
+  from research import train  # pylint: disable=g-import-not-at-top
+  return train.has_exported_params(run_dir) and (pathlib.Path(run_dir) / "result.json").is_file()
+
+
+def teacher_config(config):
+  """The fine-tuning config of `config`'s teacher: distillation off, full mask, teacher workdir.
+
+  Only for `distill.student_init="layers"`, where `config.model` describes the teacher (the student
+  is cut from its layers). The teacher trains on the labeled examples only (keep_unlabeled off).
+
+  Args:
+    config: a distillation run config with one `distill.teacher`.
+
+  Returns:
+    A new config; `config` is unchanged.
+  """
+  import copy  # pylint: disable=g-import-not-at-top
+  from configs import common  # pylint: disable=g-import-not-at-top
+  d = config.distill
+  if not d.teacher or tuple(d.teachers):
+    raise ValueError("teacher_config: needs exactly one distill.teacher; train several teachers "
+                     "(distill.teachers) with experiments/finetune.py first.")
+  if d.student_init != "layers":
+    raise ValueError(f"teacher {d.teacher!r} is not trained and distill.student_init="
+                     f"{d.student_init!r}: config.model describes the student, not the teacher; "
+                     "train the teacher with experiments/finetune.py first.")
+  defaults = common.base_config()
+  c = copy.deepcopy(config)
+  c.distill = defaults.distill
+  c.mask = defaults.mask
+  c.mask.rule = "full"
+  c.model.layers = ()
+  c.data.keep_unlabeled = False
+  c.tags.method = "finetune_full"
+  c.tags.is_teacher = True
+  c.name = f"{config.name}-teacher"
+  c.workdir = d.teacher
+  return c
+
+
+def run_with_teacher(config, runner: Callable[[Any], dict] | None = None) -> dict:
+  """Distils as `config` says, fine-tuning the teacher first when its run dir is not finished.
+
+  The teacher run uses `teacher_config(config)`; an interrupted teacher run resumes from its
+  checkpoints. Teachers of a multi-teacher config must all be finished already.
+
+  Args:
+    config: a distillation run config (configs/common.py; distill.teacher or distill.teachers).
+    runner: run config -> result record; default `research.train.run`.
+
+  Returns:
+    The student's result record.
+  """
+  if runner is None:
+    from research import train  # pylint: disable=g-import-not-at-top
+    runner = train.run
+  if not is_distillation(config):
+    raise ValueError("run_with_teacher: config names no teacher; set distill.teacher (or use "
+                     "experiments/finetune.py for a plain fine-tuning run).")
+  missing = [p for p in teacher_dirs(config) if not teacher_finished(p)]
+  if missing and tuple(config.distill.teachers):
+    raise FileNotFoundError(f"teacher run dir(s) {missing} hold no finished run; fine-tune each "
+                            "teacher of distill.teachers with experiments/finetune.py first.")
+  if missing:
+    runner(teacher_config(config))
+  return runner(config)
