@@ -1,0 +1,40 @@
+"""Smoke grid: the comparison job on a tiny random encoder and synthetic data (about a minute, CPU).
+
+Exercises the whole compare path (teacher first, a fine-tuning baseline, a small labels-only model,
+a distilled student, latency, report) in seconds per cell; tests/test_compare.py kills and resumes it.
+
+Command:
+  python -m experiments.compare --config configs/smoke_grid.py \
+      --config.results_dir=/tmp/smoke_grid --config.runs_dir=/tmp/smoke_grid/runs
+"""
+
+import ml_collections
+
+from configs import grid_common
+
+
+def get_config(arg: str = ""):
+  del arg
+  g = grid_common.grid_config("smoke")
+  g.results_dir = "runs/smoke_grid/results"
+  g.runs_dir = "runs/smoke_grid/runs"
+  g.seeds = (0,)
+  g.methods = ("finetune_full", "head_only", "small_labels_only", "kd_soft")
+  # configs/smoke.py's model and data, with a 4-layer "teacher" so 2-layer students can be cut.
+  g.run = ml_collections.ConfigDict({
+      "model": {"source": "", "random_init": True, "dtype": "float32", "pooling": "mean",
+                "overrides": {"num_layers": 4, "hidden_size": 32, "num_heads": 2,
+                              "intermediate_size": 64, "vocab_size": 128}},
+      "data": {"max_length": 16, "buckets": (16,), "batch_size": 16, "eval_batch_size": 32},
+      "optim": {"lr": 3e-3},
+      "train": {"max_steps": 6, "eval_every": 6, "checkpoint_every": 6, "log_every": 1},
+  })
+  g.tasks = [grid_common.task("synthetic", "synthetic", "")]
+  m = g.methods_cfg
+  m.student_layers = (0, 2)      # 2 of the 4 layers (small_labels_only and kd_* students)
+  m.student_layers_2 = (0, 3)
+  m.layer_map = (1, 3)
+  g.data_efficiency.enabled = False
+  g.latency = ml_collections.ConfigDict(
+      {"iters": 2, "warmup": 1, "throughput_batch": 4, "throughput_iters": 2, "seq_len": 16})
+  return g

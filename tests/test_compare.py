@@ -1,0 +1,110 @@
+"""The comparison job on the smoke grid: cell order, SIGKILL mid-grid + resume, the written table."""
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from configs import smoke_grid
+from research import grid as grid_lib
+from research import report
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CELLS = ("synthetic/finetune_full/seed0", "synthetic/head_only/seed0",
+         "synthetic/small_labels_only/seed0", "synthetic/kd_soft/seed0")
+
+
+def test_cells_put_teachers_before_students(tmp_path):
+  g = smoke_grid.get_config()
+  g.runs_dir = str(tmp_path)
+  g.methods = ("kd_multi_teacher", "kd_soft", "head_only", "finetune_last_k", "finetune_full")
+  names = [c.name.split("/")[1] for c in grid_lib.cells(g)]
+  assert sorted(names) == sorted(g.methods)
+  for student, teacher in (("kd_soft", "finetune_full"), ("kd_multi_teacher", "finetune_full"),
+                           ("kd_multi_teacher", "finetune_last_k")):
+    assert names.index(teacher) < names.index(student), names
+  kd = {c.method: c for c in grid_lib.cells(g)}["kd_soft"]
+  assert kd.teachers == ("synthetic/finetune_full/seed0",)
+  assert kd.config.distill.teacher == str(tmp_path / "synthetic/finetune_full/seed0")
+
+
+def test_cells_reject_unknown_methods_and_missing_teachers():
+  g = smoke_grid.get_config()
+  g.methods = ("finetune_full", "kd_sofft")
+  with pytest.raises(ValueError, match=r"unknown method\(s\) \['kd_sofft'\]"):
+    grid_lib.cells(g)
+  g.methods = ("kd_soft",)
+  with pytest.raises(ValueError, match=r"needs teacher cell synthetic/finetune_full/seed0.*add "
+                                       r"'finetune_full' to grid.methods"):
+    grid_lib.cells(g)
+
+
+def _records(cells_dir: pathlib.Path) -> dict[str, dict]:
+  return {p.name: json.loads(p.read_text()) for p in sorted(cells_dir.glob("*.json"))}
+
+
+def test_killed_grid_resumes_only_the_missing_cells(tmp_path):
+  results, runs = tmp_path / "results", tmp_path / "runs"
+  cmd = [sys.executable, "-m", "experiments.compare", "--config", "configs/smoke_grid.py",
+         f"--config.results_dir={results}", f"--config.runs_dir={runs}"]
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),  # the rerun compiles the same
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+  cells_dir = results / "cells"
+  log = tmp_path / "killed.log"
+  with open(log, "w") as out:  # a file, not a pipe: a full pipe would stall the grid
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+  try:
+    deadline = time.time() + 300
+    while not list(cells_dir.glob("*.json")):
+      assert proc.poll() is None, log.read_text()[-3000:]
+      assert time.time() < deadline, "no cell finished in time"
+      time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  before = _records(cells_dir)
+  # The teacher runs first; the grid was cut short.
+  assert "synthetic__finetune_full__seed0.json" in before and len(before) < len(CELLS)
+  run_results = {name: pathlib.Path(r["run_dir"]) / "result.json" for name, r in before.items()}
+  mtimes = {name: p.stat().st_mtime_ns for name, p in run_results.items()}
+
+  rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  n_done = len(before)
+  assert (f"grid smoke: {len(CELLS)} cells, {n_done} finished, {len(CELLS) - n_done} to run"
+          in rerun.stdout + rerun.stderr)
+
+  after = _records(cells_dir)
+  assert sorted(r["cell"] for r in after.values()) == sorted(CELLS)
+  for name, old in before.items():  # not rerun: same record (latency added) and run directory
+    new = after[name]
+    assert new["latency"] and not old["latency"]
+    assert {k: v for k, v in new.items() if k != "latency"} == {
+        k: v for k, v in old.items() if k != "latency"}
+    assert run_results[name].stat().st_mtime_ns == mtimes[name]
+
+  by_method = {r["method"]: r for r in after.values()}
+  assert by_method["finetune_full"]["is_teacher"]
+  assert by_method["finetune_full"]["model"]["num_layers"] == 4
+  assert by_method["small_labels_only"]["model"]["num_layers"] == 2
+  assert by_method["kd_soft"]["kind"] == "distill" and by_method["kd_soft"]["teacher_flops"] > 0
+  assert by_method["kd_soft"]["model"]["num_layers"] == 2
+
+  with open(results / "table.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert set(report.REQUIRED_COLUMNS) <= set(rows[0])
+  assert sorted(r["method"] for r in rows) == sorted(by_method)
+  table_md = (results / "table.md").read_text()
+  assert all(m in table_md for m in by_method)
