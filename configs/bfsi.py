@@ -6,19 +6,15 @@ Commands:
   python -m experiments.compare --config configs/bfsi.py:phrasebank
 """
 
+from configs import finetune_banking77
+from configs import finetune_phrasebank_allagree
 from configs import grid_common
 
 
 def get_config(arg: str = ""):
   g = grid_common.grid_config("bfsi")
-  phrasebank = grid_common.task(
-      "phrasebank_allagree", "financial_phrasebank", "allagree",
-      data={"max_length": 96, "buckets": (32, 64, 96), "batch_size": 32},
-      optim={"lr": 1e-4}, train={"epochs": 4.0})
-  banking = grid_common.task(
-      "banking77", "banking77", "default",
-      data={"max_length": 64, "buckets": (16, 32, 64), "batch_size": 32},
-      optim={"lr": 2e-4}, train={"epochs": 4.0})
+  phrasebank = grid_common.task("phrasebank_allagree", finetune_phrasebank_allagree.get_config())
+  banking = grid_common.task("banking77", finetune_banking77.get_config())
   g.tasks = [phrasebank, banking]
   g.data_efficiency.tasks = ("phrasebank_allagree",)
   g.data_efficiency.seeds = (0, 1, 2)

@@ -22,5 +22,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.max_length = 96
   c.data.buckets = (32, 64, 96)
   c.optim.lr = 1e-4
-  c.train.epochs = 5.0
+  c.train.epochs = 4.0
   return c

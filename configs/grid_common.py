@@ -44,10 +44,14 @@ def grid_config(domain: str) -> ml_collections.ConfigDict:
   return g
 
 
-def task(name: str, data_name: str, data_config: str, **run) -> ml_collections.ConfigDict:
+def task(name: str, finetune: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A grid task whose data, optimiser and training settings are its fine-tuning config's.
+
+  Args:
+    name: the task's name in the table and in cell names.
+    finetune: the task's configs/finetune_<task>.py config (one source of truth per task).
+  """
   t = ml_collections.ConfigDict()
   t.name = name
-  t.run = ml_collections.ConfigDict({"data": {"name": data_name, "config": data_config}})
-  for k, v in run.items():
-    t.run[k] = ml_collections.ConfigDict(v) if isinstance(v, dict) else v
+  t.run = ml_collections.ConfigDict({s: finetune[s].to_dict() for s in ("data", "optim", "train")})
   return t

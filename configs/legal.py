@@ -4,16 +4,14 @@ Command:
   python -m experiments.compare --config configs/legal.py
 """
 
+from configs import finetune_claudette_tos
 from configs import grid_common
 
 
 def get_config(arg: str = ""):
   del arg
   g = grid_common.grid_config("legal")
-  g.tasks = [grid_common.task(
-      "claudette_tos_binary", "claudette_tos", "binary",
-      data={"max_length": 128, "buckets": (32, 64, 128), "batch_size": 32},
-      optim={"lr": 1e-4}, train={"epochs": 4.0, "best_metric": "macro_f1"})]
+  g.tasks = [grid_common.task("claudette_tos_binary", finetune_claudette_tos.get_config())]
   g.seeds = (0,)
   g.data_efficiency.enabled = False
   return g

@@ -5,16 +5,14 @@ Command:
   python -m experiments.compare --config configs/pharma.py --config.seeds='(0,)'
 """
 
+from configs import finetune_nicta_piboso
 from configs import grid_common
 
 
 def get_config(arg: str = ""):
   del arg
   g = grid_common.grid_config("pharma")
-  g.tasks = [grid_common.task(
-      "nicta_piboso", "nicta_piboso", "default",
-      data={"max_length": 128, "buckets": (32, 64, 128), "batch_size": 32},
-      optim={"lr": 1e-4}, train={"epochs": 4.0})]
+  g.tasks = [grid_common.task("nicta_piboso", finetune_nicta_piboso.get_config())]
   g.seeds = (0,)
   g.data_efficiency.enabled = False
   return g

@@ -11,6 +11,7 @@ Command:
 import ml_collections
 
 from configs import grid_common
+from configs import smoke
 
 
 def get_config(arg: str = ""):
@@ -25,11 +26,12 @@ def get_config(arg: str = ""):
       "model": {"source": "", "random_init": True, "dtype": "float32", "pooling": "mean",
                 "overrides": {"num_layers": 4, "hidden_size": 32, "num_heads": 2,
                               "intermediate_size": 64, "vocab_size": 128}},
-      "data": {"max_length": 16, "buckets": (16,), "batch_size": 16, "eval_batch_size": 32},
-      "optim": {"lr": 3e-3},
-      "train": {"max_steps": 6, "eval_every": 6, "checkpoint_every": 6, "log_every": 1},
   })
-  g.tasks = [grid_common.task("synthetic", "synthetic", "")]
+  base = smoke.get_config()
+  base.train.max_steps = 6
+  base.train.eval_every = 6
+  base.train.checkpoint_every = 6
+  g.tasks = [grid_common.task("synthetic", base)]
   m = g.methods_cfg
   m.student_layers = (0, 2)      # 2 of the 4 layers (small_labels_only and kd_* students)
   m.student_layers_2 = (0, 3)
