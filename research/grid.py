@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import time
 from typing import Callable, Sequence
 
@@ -175,6 +176,15 @@ def result_path(results_dir: pathlib.Path, cell: Cell) -> pathlib.Path:
   return results_dir / "cells" / (cell.name.replace("/", "__") + ".json")
 
 
+def save_curve(results_dir: pathlib.Path, cell: Cell) -> None:
+  """Copies a cell's learning curve (metrics.jsonl) beside its record, to commit with the table."""
+  src = pathlib.Path(cell.config.workdir) / "metrics.jsonl"
+  if src.exists():
+    dst = results_dir / "curves" / (cell.name.replace("/", "__") + ".jsonl")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
 def _teacher_ready(runs_dir: pathlib.Path, name: str) -> bool:
   from research import train  # pylint: disable=g-import-not-at-top
   return train.has_exported_params(runs_dir / name)
@@ -229,6 +239,7 @@ def run_grid(grid: ml_collections.ConfigDict,
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=_json_default))
     os.replace(tmp, path)  # atomic: a killed grid never leaves a half-written record
+    save_curve(results_dir, cell)
   return [json.loads(result_path(results_dir, c).read_text()) for c in all_cells
           if result_path(results_dir, c).exists()]
 
