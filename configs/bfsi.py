@@ -31,5 +31,5 @@ def get_config(arg: str = ""):
     g.seeds = (0,)
     g.data_efficiency.enabled = False
     g.results_dir = "runs/quickstart/bfsi"
-    g.runs_dir = "runs/quickstart/bfsi/runs"
+    g.runs_dir = "runs/quickstart/bfsi_runs"  # outside results_dir: the report reads that tree
   return g

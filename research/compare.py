@@ -96,10 +96,10 @@ def main(grid: ml_collections.ConfigDict, *, only: Sequence[str] = (),
   """Runs the grid (unfinished cells only), benchmarks, writes and prints the table."""
   results_dir = pathlib.Path(grid.results_dir)
   results_dir.mkdir(parents=True, exist_ok=True)
-  if report_only:
-    records = report.load_records(results_dir)
-  else:
-    records = grid_lib.run_grid(grid, only=only)
+  if not report_only:
+    grid_lib.run_grid(grid, only=only)
+  # The table covers every record in results_dir, not only the cells this call ran.
+  records = report.load_records(results_dir)
   attach_latency(records, grid, results_dir)
   paths = report.write_report(records, out_dir=results_dir)
   print(paths["table.md"].read_text())
