@@ -5,7 +5,7 @@ a distilled student, latency, report) in seconds per cell; tests/test_compare.py
 
 Command:
   python -m experiments.compare --config configs/smoke_grid.py \
-      --config.results_dir=/tmp/smoke_grid --config.runs_dir=/tmp/smoke_grid/runs
+      --config.results_dir=/tmp/smoke_grid --config.runs_dir=/tmp/smoke_grid_runs
 """
 
 import ml_collections
