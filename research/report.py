@@ -437,8 +437,8 @@ LEGEND = """\
 - **CPU p50 ms**: median latency of one jitted forward at batch 1, after warm-up, synchronised;
   **ex/s**: throughput at the largest benchmarked batch. Measured on the device named below.
 - **Train FLOPs**: FLOPs of the training run as recorded (XLA cost analysis unless marked
-  "analytic"); for distillation the teacher's forward passes are counted separately
-  (`teacher_flops` in table.csv). **Train time**: wall-clock training time.
+  "analytic"); for distillation they include the teacher's forward passes, which table.csv
+  also gives alone (`teacher_flops`). **Train time**: wall-clock training time.
 - **Labeled / unlabeled**: training examples used with and without labels.
 - The table uses the main full-label runs; the data-efficiency runs (teacher / control /
   student at each fraction of labels) appear in data_efficiency.png and the summary.
