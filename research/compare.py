@@ -86,7 +86,7 @@ def attach_latency(records: list[dict[str, Any]], grid: ml_collections.ConfigDic
       key = shape_key(r["model"])
       r["latency"] = [cache[f"{key}/{b}"] for b in backends if f"{key}/{b}" in cache]
       if "cell" in r:  # persist, so `python -m research.report` alone shows the same table
-        cell_path = results_dir / "cells" / (r["cell"].replace("/", "__") + ".json")
+        cell_path = grid_lib.cell_file(results_dir, r["cell"])
         if cell_path.exists():
           cell_path.write_text(json.dumps(r, indent=1, sort_keys=True))
 

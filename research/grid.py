@@ -172,15 +172,21 @@ def cells(grid: ml_collections.ConfigDict) -> list[Cell]:
   return ordered
 
 
+def cell_file(results_dir: pathlib.Path, name: str, kind: str = "cells",
+              suffix: str = ".json") -> pathlib.Path:
+  """Where a cell's files live under results_dir: <kind>/<name with "/" as "__"><suffix>."""
+  return results_dir / kind / (name.replace("/", "__") + suffix)
+
+
 def result_path(results_dir: pathlib.Path, cell: Cell) -> pathlib.Path:
-  return results_dir / "cells" / (cell.name.replace("/", "__") + ".json")
+  return cell_file(results_dir, cell.name)
 
 
 def save_curve(results_dir: pathlib.Path, cell: Cell) -> None:
   """Copies a cell's learning curve (metrics.jsonl) beside its record, to commit with the table."""
   src = pathlib.Path(cell.config.workdir) / "metrics.jsonl"
   if src.exists():
-    dst = results_dir / "curves" / (cell.name.replace("/", "__") + ".jsonl")
+    dst = cell_file(results_dir, cell.name, "curves", ".jsonl")
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
 
