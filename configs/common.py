@@ -15,6 +15,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.name = "run"
   c.workdir = "runs/run"          # run directory: checkpoints, metrics.jsonl, result.json
   c.seed = 0
+  # Compiled XLA programs kept on disk and reused by other seeds and reruns ("" = off).
+  c.compile_cache_dir = "runs/.jax_cache"
   # Labels copied into the result record so the report can group runs (set by experiments/compare).
   c.tags = ml_collections.ConfigDict()
   c.tags.domain = ""

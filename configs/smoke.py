@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = common.base_config()
   c.name = "smoke"
   c.workdir = "runs/smoke"
+  c.compile_cache_dir = ""        # tests write nothing outside their tmp dirs
   c.model.source = ""             # random init from the family's default config + overrides
   c.model.random_init = True
   c.model.overrides.num_layers = 2

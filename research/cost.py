@@ -124,7 +124,7 @@ def _xla_flops(cost: Any) -> float:
 
 def step_flops(jitted_fn: Callable[..., Any], *args: Any,
                analytic: float | Callable[[], float] | None = None,
-               **kwargs: Any) -> tuple[float, str]:
+               ignore_loops: bool = False, **kwargs: Any) -> tuple[float, str]:
   """FLOPs of one call of a (jitted) function, from XLA's cost analysis of the compiled program.
 
   XLA's count covers dots, convolutions and elementwise ops of the optimized program. Caveats, for
@@ -137,6 +137,8 @@ def step_flops(jitted_fn: Callable[..., Any], *args: Any,
     *args: example arguments (arrays or ShapeDtypeStructs), as for `jitted_fn.lower`.
     analytic: fallback count (a number or a zero-argument callable, e.g. a partial of
       `analytic_encoder_flops`) used if XLA gives no count, a count of 0, or a loop it undercounts.
+    ignore_loops: the caller knows its program's while loops are negligible (the PRNG's threefry
+      loop that dropout brings in, with no `lax.scan` over model work): trust XLA's count anyway.
     **kwargs: keyword arguments for `lower`.
 
   Returns:
@@ -148,7 +150,7 @@ def step_flops(jitted_fn: Callable[..., Any], *args: Any,
   try:
     compiled = fn.lower(*args, **kwargs).compile()
     flops = _xla_flops(compiled.cost_analysis())
-    has_loop = bool(re.search(r"\bwhile\(", compiled.as_text() or ""))
+    has_loop = not ignore_loops and bool(re.search(r"\bwhile\(", compiled.as_text() or ""))
   except Exception as e:  # backends without cost analysis raise various errors
     logging.warning("step_flops: XLA cost analysis unavailable (%s: %s).", type(e).__name__, e)
   if flops > 0 and not (has_loop and analytic is not None):

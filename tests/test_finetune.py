@@ -189,3 +189,19 @@ def test_cli_rejects_config_typo(tmp_path):
       env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert "lrr" in proc.stderr and not (tmp_path / "checkpoints").exists()
+
+
+def test_train_flops_come_from_xla_cost_analysis_and_see_the_mask(tmp_path):
+  full = train.run(_config(tmp_path / "full", train__max_steps=2, train__eval_every=2,
+                           train__checkpoint_every=2))
+  head = train.run(_config(tmp_path / "head", train__max_steps=2, train__eval_every=2,
+                           train__checkpoint_every=2, mask__rule="head_only"))
+  for record in (full, head):
+    assert record["train_flops_source"] == "xla_cost_analysis"
+    assert record["train_flops"] > 0 and record["train_flops_analytic"] > 0
+  # Full fine-tuning: XLA's count of the compiled step agrees with the matmul count (the rest is
+  # softmax, layer norms, the optimizer: small next to the matmuls even at this toy width).
+  assert 0.8 < full["train_flops"] / full["train_flops_analytic"] < 2.0, full
+  # Head-only: the frozen encoder's backward is dead code XLA removes, so the step costs about a
+  # forward pass, a third of full fine-tuning.
+  assert head["train_flops"] < 0.6 * full["train_flops"], (head, full)

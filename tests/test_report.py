@@ -215,3 +215,15 @@ def test_cli(tmp_path):
                         str(tmp_path / "rep")], capture_output=True, text=True, check=True,
                        cwd=Path(__file__).resolve().parents[1])
   assert "table.csv" in out.stdout and (tmp_path / "rep" / "table.md").exists()
+
+
+def test_train_flops_of_a_row_come_from_one_source():
+  xla = [_record("lora", s, 0.9) for s in (0, 1)]
+  assert report.aggregate(xla)[0]["train_flops_source"] == "xla_cost_analysis"
+  # One seed counted analytically only (an older record): the row uses every seed's analytic count.
+  old = dict(_record("lora", 2, 0.9), train_flops=3e14, train_flops_source="analytic")
+  for r, analytic in zip(xla, (1e14, 2e14)):
+    r["train_flops_analytic"] = analytic
+  row = report.aggregate(xla + [old])[0]
+  assert row["train_flops_source"] == "analytic"
+  assert row["train_flops"] == pytest.approx(2e14)
