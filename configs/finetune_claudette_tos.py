@@ -14,16 +14,13 @@ from configs import common
 
 def get_config() -> ml_collections.ConfigDict:
   """python -m experiments.finetune --config configs/finetune_claudette_tos.py --config.workdir=runs/claudette_tos_binary/full"""
-  c = common.base_config()
-  c.name = "claudette_tos_binary"
-  c.workdir = "runs/claudette_tos_binary/full"
-  c.tags.domain = "legal"
-  c.tags.task = "claudette_tos_binary"
-  c.data.name = "claudette_tos"
-  c.data.config = "binary"
-  c.data.max_length = 128
-  c.data.buckets = (32, 64, 128)
-  c.optim.lr = 1e-4
-  c.train.epochs = 4.0
-  c.train.best_metric = "macro_f1"
-  return c
+  return common.task_config(
+      "claudette_tos_binary",
+      domain="legal",
+      dataset="claudette_tos",
+      dataset_config="binary",
+      max_length=128,
+      buckets=(32, 64, 128),
+      lr=1e-4,
+      epochs=4.0,
+      best_metric="macro_f1")

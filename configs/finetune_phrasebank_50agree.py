@@ -12,15 +12,12 @@ from configs import common
 
 def get_config() -> ml_collections.ConfigDict:
   """python -m experiments.finetune --config configs/finetune_phrasebank_50agree.py --config.workdir=runs/phrasebank_50agree/full"""
-  c = common.base_config()
-  c.name = "phrasebank_50agree"
-  c.workdir = "runs/phrasebank_50agree/full"
-  c.tags.domain = "bfsi"
-  c.tags.task = "phrasebank_50agree"
-  c.data.name = "financial_phrasebank"
-  c.data.config = "50agree"
-  c.data.max_length = 96
-  c.data.buckets = (32, 64, 96)
-  c.optim.lr = 1e-4
-  c.train.epochs = 4.0
-  return c
+  return common.task_config(
+      "phrasebank_50agree",
+      domain="bfsi",
+      dataset="financial_phrasebank",
+      dataset_config="50agree",
+      max_length=96,
+      buckets=(32, 64, 96),
+      lr=1e-4,
+      epochs=4.0)

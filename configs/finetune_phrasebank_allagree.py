@@ -12,15 +12,12 @@ from configs import common
 
 def get_config() -> ml_collections.ConfigDict:
   """python -m experiments.finetune --config configs/finetune_phrasebank_allagree.py --config.workdir=runs/phrasebank_allagree/full"""
-  c = common.base_config()
-  c.name = "phrasebank_allagree"
-  c.workdir = "runs/phrasebank_allagree/full"
-  c.tags.domain = "bfsi"
-  c.tags.task = "phrasebank_allagree"
-  c.data.name = "financial_phrasebank"
-  c.data.config = "allagree"
-  c.data.max_length = 96
-  c.data.buckets = (32, 64, 96)
-  c.optim.lr = 1e-4
-  c.train.epochs = 4.0
-  return c
+  return common.task_config(
+      "phrasebank_allagree",
+      domain="bfsi",
+      dataset="financial_phrasebank",
+      dataset_config="allagree",
+      max_length=96,
+      buckets=(32, 64, 96),
+      lr=1e-4,
+      epochs=4.0)

@@ -4,16 +4,15 @@ import csv
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from configs import smoke_grid
 from research import grid as grid_lib
 from research import report
+from tests.processes import sigkill_when
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CELLS = ("synthetic/finetune_full/seed0", "synthetic/head_only/seed0",
@@ -61,19 +60,8 @@ def test_killed_grid_resumes_only_the_missing_cells(tmp_path):
   log = tmp_path / "killed.log"
   with open(log, "w") as out:  # a file, not a pipe: a full pipe would stall the grid
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-  try:
-    deadline = time.time() + 300
-    while not list(cells_dir.glob("*.json")):
-      assert proc.poll() is None, log.read_text()[-3000:]
-      assert time.time() < deadline, "no cell finished in time"
-      time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
-  assert proc.returncode == -signal.SIGKILL
+  sigkill_when(proc, lambda: bool(list(cells_dir.glob("*.json"))), log.read_text, timeout=300,
+               what="the first finished cell")
   before = _records(cells_dir)
   # The teacher runs first; the grid was cut short.
   assert "synthetic__finetune_full__seed0.json" in before and len(before) < len(CELLS)

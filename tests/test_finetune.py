@@ -3,17 +3,16 @@
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 
 from configs import smoke
 from research import train
+from tests.processes import sigkill_when
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,19 +90,8 @@ def test_run_outputs_and_sigkill_resume_matches_uninterrupted(tmp_path):
   proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(ref_dir), str(killed),
                            str(marker)],
                           env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-  try:
-    deadline = time.time() + 240
-    while not (marker.exists() and (killed / "checkpoints" / "4").is_dir()):
-      assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-      assert time.time() < deadline, "the killed run never reached step 6"
-      time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
-  assert proc.returncode == -signal.SIGKILL
+  sigkill_when(proc, lambda: marker.exists() and (killed / "checkpoints" / "4").is_dir(),
+               lambda: proc.stdout.read().decode(), timeout=240, what="step 6 of the killed run")
   assert max(_train_losses(killed)) == 5  # logged up to step 5, checkpointed at 4
 
   resume = subprocess.run(_cli(killed), env=env,  # the CLI, as a user would rerun cwd=ROOT, capture_output=True, text=True,
