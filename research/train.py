@@ -586,7 +586,8 @@ def _labeled_count(split: Any) -> int:
   return int((labels >= 0).sum()) if labels.ndim == 1 else len(split)
 
 
-def _git_sha() -> str:
+def git_sha() -> str:
+  """The commit this code runs at ("-dirty" when tracked files have changes), "unknown" outside git."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
     sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -864,7 +865,7 @@ def run(config: Any) -> dict:
       "label_fraction": d.label_fraction,
       "seed": config.seed,
       "config": json.loads(config.to_json()),
-      "git_sha": _git_sha(),
+      "git_sha": git_sha(),
       "metrics": {"test": test_metrics, "validation": val_metrics,
                   "best_validation": {"step": best.best_step, t.best_metric: best.best_value}},
       "model": dataclasses.asdict(model_cfg),

