@@ -650,6 +650,90 @@ def _finite(host_metrics: Mapping[str, Any]) -> bool:
              if k in host_metrics)
 
 
+class _FlopCounter:
+  """Training FLOPs of one run: the analytic count always, XLA's count of each compiled step.
+
+  XLA's count (`cost_analysis()` of the train step, once per batch width; the teacher's forward is
+  inside the step) is reported when every step had one, else the analytic count.
+  """
+
+  def __init__(self, config: Any, model_cfg: Any, kd: Any, position: Mapping[str, Any], *,
+               resumed: bool):
+    n_layers = model_cfg.num_layers
+    lowest_trained = {"head_only": n_layers, "last_k": n_layers - config.mask.k}.get(
+        config.mask.rule, 0)  # bitfit/lora/regex/full: gradients flow through every layer
+    batch, accum = config.data.batch_size, config.optim.grad_accum
+    self._student = lambda width: cost.analytic_encoder_flops(
+        model_cfg, batch, width, True, trainable_from_layer=lowest_trained)
+    self._teacher = ((lambda width: kd.teacher_forward_flops(batch, width)) if kd is not None
+                     else (lambda width: 0.0))
+    self._accum = accum
+    self.student = float(position.get("train_flops", 0.0))   # analytic, student steps
+    self.teacher = float(position.get("teacher_flops", 0.0))  # analytic, teacher forwards
+    self.xla = float(position.get("train_flops_xla", 0.0))
+    self.all_xla = bool(position.get("train_flops_all_xla", not resumed))
+    self._by_width: dict[int, tuple[float, str]] = {}
+
+  def add(self, step_fn: Callable, state: Any, batch: Batch, aux: Any) -> None:
+    """Counts one step just taken (`state` is its output; the first of a width compiles)."""
+    width = batch["input_ids"].shape[1]
+    student, teacher = self._student(width), self._teacher(width)
+    self.student += student
+    self.teacher += teacher
+    if width not in self._by_width:
+      self._by_width[width] = _step_flops(step_fn, state, batch, aux, student + teacher,
+                                          self._accum)
+    flops, source = self._by_width[width]
+    self.xla += flops
+    self.all_xla = self.all_xla and source == cost.SOURCE_XLA
+
+  def position(self) -> dict[str, Any]:
+    """What a checkpoint keeps, so a resumed run continues the counts."""
+    return {"train_flops": self.student, "teacher_flops": self.teacher,
+            "train_flops_xla": self.xla, "train_flops_all_xla": self.all_xla}
+
+  def record(self) -> dict[str, Any]:
+    analytic = self.student + self.teacher
+    return {"train_flops": self.xla if self.all_xla else analytic,
+            "train_flops_source": cost.SOURCE_XLA if self.all_xla else cost.SOURCE_ANALYTIC,
+            "train_flops_analytic": analytic, "teacher_flops": self.teacher}
+
+
+def _build_model(config: Any, rng: jax.Array) -> tuple[Any, PyTree, Any, Any]:
+  """(module, params, model config, distillation setup or None) for a run config."""
+  if distill.is_distillation(config):
+    kd = distill.build_setup(config, num_labels=_num_labels(config), rng=rng)
+    return kd.model, kd.params, kd.model_cfg, kd
+  model, params, model_cfg = registry.build_model(
+      config.model.family, config.model.source or None, num_labels=_num_labels(config),
+      dtype=config.model.dtype, pooling=config.model.pooling,
+      overrides=config.model.overrides.to_dict(), random_init=config.model.random_init,
+      rng=rng, dropout=config.model.dropout)
+  built_layers = model_cfg.num_layers
+  params, model_cfg = _select_layers(config, params, model_cfg)
+  if model_cfg.num_layers != built_layers:  # model.layers kept fewer: rebuild the module
+    model = registry.get_family(config.model.family).classifier(model_cfg)
+  return model, params, model_cfg, None
+
+
+def _open_store(config: Any, workdir: str, state: TrainState
+                ) -> tuple[store_lib.CheckpointStore, TrainState, dict]:
+  """The run's checkpoint store, and the state and data position to start from (resumed if any)."""
+  store = store_lib.CheckpointStore(os.path.join(workdir, "checkpoints"),
+                                    keep=config.train.keep_checkpoints,
+                                    metadata={"config": json.loads(config.to_json())})
+  position = {"epoch": 0, "step": 0, "examples_seen": 0, "train_seconds": 0.0}
+  if store.latest_step() is None:
+    return store, state, position
+  saved = store.metadata().get("config", {})
+  for section in ("model", "mask", "data"):
+    if saved.get(section) is not None and saved[section] != json.loads(config[section].to_json()):
+      raise ValueError(f"{workdir} holds a run with a different `{section}` config; use a new "
+                       f"config.workdir (or delete {workdir}/checkpoints to restart).")
+  state, position = store.restore(state)
+  return store, state, position
+
+
 def run(config: Any) -> dict:
   """Fine-tunes a classifier as `config` says; writes the run directory; returns the result record.
 
@@ -675,20 +759,7 @@ def run(config: Any) -> dict:
   abstract, abstract_cfg = _abstract_model(config)
   masking.validate(abstract, config.mask, pooling=abstract_cfg.pooling)
 
-  kd = None  # distillation setup: student, frozen teachers, loss weights
-  if distill.is_distillation(config):
-    kd = distill.build_setup(config, num_labels=_num_labels(config), rng=model_rng)
-    model, params, model_cfg = kd.model, kd.params, kd.model_cfg
-  else:
-    model, params, model_cfg = registry.build_model(
-        config.model.family, config.model.source or None, num_labels=_num_labels(config),
-        dtype=config.model.dtype, pooling=config.model.pooling,
-        overrides=config.model.overrides.to_dict(), random_init=config.model.random_init,
-        rng=model_rng, dropout=config.model.dropout)
-    built_layers = model_cfg.num_layers
-    params, model_cfg = _select_layers(config, params, model_cfg)
-    if model_cfg.num_layers != built_layers:  # model.layers kept fewer: rebuild the module
-      model = registry.get_family(config.model.family).classifier(model_cfg)
+  model, params, model_cfg, kd = _build_model(config, model_rng)  # kd: teachers, KD losses
   params, labels = masking.prepare(params, config.mask, mask_rng, pooling=model_cfg.pooling)
   counts = masking.count(params, labels)
   merged_counts = masking.count(model_params(params))
@@ -702,19 +773,8 @@ def run(config: Any) -> dict:
   log_every = max(t.log_every, 1)
 
   tx, schedule = make_optimizer(config.optim, labels, total_steps)
-  state = create_train_state(params, tx, state_rng)
-  store = store_lib.CheckpointStore(os.path.join(workdir, "checkpoints"),
-                                    keep=t.keep_checkpoints,
-                                    metadata={"config": json.loads(config.to_json())})
-  position = {"epoch": 0, "step": 0, "examples_seen": 0, "train_seconds": 0.0, "train_flops": 0.0}
-  if store.latest_step() is not None:
-    saved = store.metadata().get("config", {})
-    for section in ("model", "mask", "data"):
-      if saved.get(section) is not None and saved[section] != json.loads(
-          config[section].to_json()):
-        raise ValueError(f"{workdir} holds a run with a different `{section}` config; use a new "
-                         f"config.workdir (or delete {workdir}/checkpoints to restart).")
-    state, position = store.restore(state)
+  store, state, position = _open_store(config, workdir,
+                                       create_train_state(params, tx, state_rng))
   start_step = int(state.step)
   log = _MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step)
   best = store_lib.BestExport(workdir, t.best_metric)
@@ -740,17 +800,7 @@ def run(config: Any) -> dict:
                               process_count=jax.process_count())
   model_meta = {"family": config.model.family, "config": dataclasses.asdict(model_cfg)}
 
-  n_layers = model_cfg.num_layers
-  lowest_trained = {"head_only": n_layers, "last_k": n_layers - config.mask.k}.get(
-      config.mask.rule, 0)  # bitfit/lora/regex/full: gradients flow through every layer
-  step_flops = lambda width: cost.analytic_encoder_flops(
-      model_cfg, d.batch_size, width, True, trainable_from_layer=lowest_trained)
-  train_flops = float(position.get("train_flops", 0.0))  # analytic (student steps)
-  teacher_flops = float(position.get("teacher_flops", 0.0))  # analytic (teacher forwards)
-  # XLA's count of the compiled step (teacher forward inside it), when every step had one.
-  xla_flops = float(position.get("train_flops_xla", 0.0))
-  all_xla = bool(position.get("train_flops_all_xla", start_step == 0))
-  flops_by_width: dict[int, tuple[float, str]] = {}
+  flops = _FlopCounter(config, model_cfg, kd, position, resumed=start_step > 0)
   examples_seen = int(position["examples_seen"])
   train_seconds = float(position["train_seconds"])
   window: list[dict] = []
@@ -789,22 +839,15 @@ def run(config: Any) -> dict:
       jax.block_until_ready(state)
       t_compile = time.time()
     state, metrics = train_step_fn(state, batch, aux)
-    student_w = step_flops(width)
-    teacher_w = kd.teacher_forward_flops(d.batch_size, width) if kd is not None else 0.0
-    train_flops += student_w
-    teacher_flops += teacher_w
     if new_width:
       seen_widths.add(width)
       jax.block_until_ready(metrics)
       compile_seconds += time.time() - t_compile
-      t_cost = time.time()
-      flops_by_width[width] = _step_flops(train_step_fn, state, batch, aux, student_w + teacher_w,
-                                            config.optim.grad_accum)
-      t_loop += time.time() - t_cost  # counting FLOPs is not training time
     else:
       speed_examples += d.batch_size
-    xla_flops += flops_by_width[width][0]
-    all_xla = all_xla and flops_by_width[width][1] == cost.SOURCE_XLA
+    t_count = time.time()
+    flops.add(train_step_fn, state, batch, aux)
+    t_loop += time.time() - t_count  # counting FLOPs (a lowering per new width) is not training
     step += 1
     examples_seen += int(batch["valid"].sum()) * jax.process_count()
     check_pending()
@@ -826,11 +869,8 @@ def run(config: Any) -> dict:
       best.update(step, val, jax.device_get(model_params(params_now)), model_meta)
       t_loop += time.time() - t_eval  # evaluation is not training time
     if step % ckpt_every == 0 or step == total_steps:
-      now = time.time()
-      pos = dict(it.position, examples_seen=examples_seen, train_flops=train_flops,
-                 teacher_flops=teacher_flops, train_flops_xla=xla_flops,
-                 train_flops_all_xla=all_xla,
-                 train_seconds=train_seconds + now - t_loop)
+      pos = dict(it.position, examples_seen=examples_seen, **flops.position(),
+                 train_seconds=train_seconds + time.time() - t_loop)
       store.save(step, unplace_state(state, parallel), pos)
     bar.update(1)
   bar.close()
@@ -872,11 +912,8 @@ def run(config: Any) -> dict:
       "params_total": merged_counts["params_total"],
       "params_trainable": counts["params_trainable"],
       "checkpoint_bytes": ckpt_bytes,
-      # Step FLOPs × steps, teacher forward passes included: XLA's count of the compiled step when
-      # every step had one, else the analytic count (which is always kept too).
-      "train_flops": xla_flops if all_xla else train_flops + teacher_flops,
-      "train_flops_source": cost.SOURCE_XLA if all_xla else cost.SOURCE_ANALYTIC,
-      "train_flops_analytic": train_flops + teacher_flops,
+      # Step FLOPs × steps, teacher forward passes included (see _FlopCounter).
+      **flops.record(),
       "train_seconds": train_seconds,
       "wall_seconds": time.time() - t_start,
       "examples_seen": examples_seen,
@@ -888,7 +925,6 @@ def run(config: Any) -> dict:
       "steps": total_steps,
       "labeled_examples": n_labeled,
       "unlabeled_examples": len(train_split) - n_labeled,
-      "teacher_flops": teacher_flops,
       "teachers": list(distill.teacher_dirs(config)) if kd is not None else [],
       "latency": {},
       "is_teacher": bool(tags.is_teacher),
