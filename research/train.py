@@ -587,12 +587,14 @@ def _labeled_count(split: Any) -> int:
 
 
 def git_sha() -> str:
-  """The commit this code runs at ("-dirty" when tracked files have changes), "unknown" outside git."""
+  """The commit this code runs at ("-dirty" when tracked code has changes), "unknown" outside git."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
     sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
                          check=True, timeout=10).stdout.strip()
-    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+    # Only code makes a run "-dirty"; results/ changes while a grid runs (its tables are rewritten).
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no",
+                            "--", "research", "configs", "experiments", "pyproject.toml"],
                            capture_output=True, text=True, timeout=10).stdout.strip()
     return sha + ("-dirty" if dirty else "")
   except (OSError, subprocess.SubprocessError):
