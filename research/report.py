@@ -197,6 +197,10 @@ def _mean(values: Iterable[Any]) -> float:
   return mean_std(values)[0]
 
 
+# research.cost.SOURCE_XLA / SOURCE_ANALYTIC, spelled here so the report stays free of jax.
+XLA_SOURCE, ANALYTIC_SOURCE = "xla_cost_analysis", "analytic"
+
+
 def _train_flops(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
   """Mean training FLOPs of a row's seeds, all from one source.
 
@@ -204,12 +208,12 @@ def _train_flops(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
   (`train_flops_analytic`; older records have only `train_flops` with source "analytic").
   """
   sources = {r.get("train_flops_source") for r in rs}
-  if sources == {"xla_cost_analysis"}:
+  if sources == {XLA_SOURCE}:
     return {"train_flops": _mean(r.get("train_flops") for r in rs),
-            "train_flops_source": "xla_cost_analysis"}
+            "train_flops_source": XLA_SOURCE}
   analytic = [r.get("train_flops_analytic", r.get("train_flops")
-                    if r.get("train_flops_source") == "analytic" else None) for r in rs]
-  return {"train_flops": _mean(analytic), "train_flops_source": "analytic"}
+                    if r.get("train_flops_source") == ANALYTIC_SOURCE else None) for r in rs]
+  return {"train_flops": _mean(analytic), "train_flops_source": ANALYTIC_SOURCE}
 
 
 def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -473,7 +477,7 @@ def table_markdown(rows: Sequence[dict[str, Any]], summary_text: str = "") -> st
     lines += [f"## {domain} / {task}", "", "| " + " | ".join(head) + " |",
               "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in rs:
-      src = " (analytic)" if "analytic" in r.get("train_flops_source", "") else ""
+      src = " (analytic)" if ANALYTIC_SOURCE in r.get("train_flops_source", "") else ""
       cells = [f"**{r['method']}** †" if r["is_teacher"] else r["method"], r["kind"],
                f"{fmt_count(r['params_total'])} ({fmt_count(r['params_trainable'])})",
                fmt_num(r["checkpoint_mb"]),

@@ -227,3 +227,8 @@ def test_train_flops_of_a_row_come_from_one_source():
   row = report.aggregate(xla + [old])[0]
   assert row["train_flops_source"] == "analytic"
   assert row["train_flops"] == pytest.approx(2e14)
+
+
+def test_report_flop_sources_are_cost_module_sources():
+  from research import cost
+  assert (report.XLA_SOURCE, report.ANALYTIC_SOURCE) == (cost.SOURCE_XLA, cost.SOURCE_ANALYTIC)
