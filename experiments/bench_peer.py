@@ -28,9 +28,9 @@ import jax
 import numpy as np
 
 from configs import common
-from research import compare
 from research import cost
 from research import distill
+from research import latency
 from research import masking
 from research import train
 from research.checkpoints import hf
@@ -79,7 +79,7 @@ def ours() -> dict:
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
-  infer = compare.benchmark_shape(dataclasses.asdict(cfg), seq_len=s, iters=max(_STEPS.value, 50),
+  infer = latency.benchmark_shape(dataclasses.asdict(cfg), seq_len=s, iters=max(_STEPS.value, 50),
                                   warmup=_WARMUP.value, throughput_batch=b,
                                   throughput_iters=_STEPS.value)
   return {"route": f"jax {jax.__version__} / flax, jit", "device": infer["device"],

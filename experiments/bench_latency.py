@@ -1,0 +1,58 @@
+"""Times every model shape of a results folder on this machine's backends; fills its latency.json.
+
+  python -m experiments.bench_latency --results_dir results/bfsi               # missing shapes only
+  python -m experiments.bench_latency --results_dir results/bfsi --backends gpu
+
+Train on one machine, time on another: run this where the accelerator is, bring latency.json back,
+and `python -m experiments.compare --config configs/<domain>.py --report_only` shows a column per
+backend, naming the device. Weights do not affect latency, so no checkpoint is needed, only the
+records in <results_dir>/cells. Settings default to the grid's (configs/grid_common.py).
+"""
+
+import json
+import pathlib
+
+from absl import app
+from absl import flags
+
+from research import latency
+
+_RESULTS_DIR = flags.DEFINE_string("results_dir", None, "Folder with cells/*.json records.",
+                                   required=True)
+_BACKENDS = flags.DEFINE_list("backends", [], "Backends to time (default: every one here).")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 64, "Sequence length of the timed inputs.")
+_ITERS = flags.DEFINE_integer("iters", 50, "Timed batch-1 calls (after warm-up).")
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed calls after compilation.")
+_THROUGHPUT_BATCH = flags.DEFINE_integer("throughput_batch", 64, "Batch size for throughput.")
+_THROUGHPUT_ITERS = flags.DEFINE_integer("throughput_iters", 10, "Timed calls at that batch.")
+
+
+def main(argv):
+  del argv
+  results = pathlib.Path(_RESULTS_DIR.value)
+  files = sorted((results / "cells").glob("*.json"))
+  if not files:
+    raise app.UsageError(f"no records in {results / 'cells'}; run experiments.compare first or "
+                         "pass the folder that holds cells/.")
+  records = [json.loads(f.read_text()) for f in files]
+  here = latency.available_backends()
+  backends = _BACKENDS.value or here
+  missing = sorted(set(backends) - set(here))
+  if missing:
+    raise app.UsageError(f"--backends {','.join(missing)} not available here (jax sees {here}).")
+  shapes = latency.record_shapes(records)
+  cache = latency.benchmark_missing(
+      shapes, results, backends=backends, seq_len=_SEQ_LEN.value, iters=_ITERS.value,
+      warmup=_WARMUP.value, throughput_batch=_THROUGHPUT_BATCH.value,
+      throughput_iters=_THROUGHPUT_ITERS.value)
+  for key in sorted(shapes):
+    for b in backends:
+      r = cache[f"{key}/{b}"]
+      print(f"{key:28s} {b:4s} {r['device']:24s} p50 {r['batch1_p50_ms']:8.3f} ms  "
+            f"p90 {r['batch1_p90_ms']:8.3f} ms  {r['throughput_eps']:10.1f} ex/s "
+            f"@ batch {r['throughput_batch_size']}")
+  print(f"wrote {results / latency.CACHE_NAME}")
+
+
+if __name__ == "__main__":
+  app.run(main)
