@@ -96,3 +96,18 @@ def test_killed_grid_resumes_only_the_missing_cells(tmp_path):
   assert sorted(r["method"] for r in rows) == sorted(by_method)
   table_md = (results / "table.md").read_text()
   assert all(m in table_md for m in by_method)
+
+
+def test_domain_configs_build_every_cell():
+  """Each committed domain grid builds all of its cells; pharma/legal use the 1-epoch recipe."""
+  from configs import bfsi, legal, pharma
+  from research import grid as grid_lib
+  for mod, task in ((bfsi, "banking77"), (pharma, "nicta_piboso"), (legal, "claudette_tos_binary")):
+    g = mod.get_config()
+    cells = grid_lib.cells(g)
+    assert {c.method for c in cells if c.task == task} == set(g.methods), mod.__name__
+    if mod is not bfsi:
+      full = next(c for c in cells if c.method == "finetune_full")
+      assert full.config.train.epochs == 1.0 and full.config.optim.lr == 2e-4
+      kd = next(c for c in cells if c.method == "kd_soft")
+      assert kd.config.train.epochs == 1.0
