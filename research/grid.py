@@ -146,8 +146,12 @@ def cells(grid: ml_collections.ConfigDict) -> list[Cell]:
       for method in grid.methods:
         out.append(_method_config(grid, task, method, seed, runs_dir))
     if grid.data_efficiency.enabled and task.name in grid.data_efficiency.tasks:
+      # At 100% of labels the main cells (same configs) are the series' points: not run twice.
+      main_point = {TEACHER_METHOD, "small_labels_only", "kd_soft"} <= set(grid.methods)
       for seed in grid.data_efficiency.seeds:
         for frac in grid.data_efficiency.fractions:
+          if frac >= 1.0 and main_point and seed in grid.seeds:
+            continue
           out.append(_method_config(grid, task, TEACHER_METHOD, seed, runs_dir, frac, "teacher"))
           out.append(_method_config(grid, task, "small_labels_only", seed, runs_dir, frac,
                                     "control"))

@@ -33,6 +33,9 @@ from matplotlib.figure import Figure
 SERIES_TEACHER = "teacher"
 SERIES_CONTROL = "control"
 SERIES_STUDENT = "student"
+# With all labels each series is the main run of the same config (the grid runs it once).
+MAIN_RUN_SERIES = {"finetune_full": SERIES_TEACHER, "small_labels_only": SERIES_CONTROL,
+                   "kd_soft": SERIES_STUDENT}
 
 REQUIRED_COLUMNS = (
     "domain", "task", "method", "is_teacher", "n_seeds", "params_total", "params_trainable",
@@ -303,12 +306,21 @@ def data_efficiency(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
   Returns:
     rows with domain, task, series, method, label_fraction, n, accuracy_mean, accuracy_std, and
-    `by_seed` ({seed: accuracy}), from records that carry a `series`.
+    `by_seed` ({seed: accuracy}), from records that carry a `series`; for tasks with a series, the
+    main full-label runs of MAIN_RUN_SERIES methods are its 100% points unless the series has its own.
   """
   groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
   for r in records:
     if r.get("series"):
       groups[(r["domain"], r["task"], r["series"], r["method"], _label_fraction(r))].append(r)
+  studied = {(d, t) for d, t, *_ in groups}
+  own_full = {(d, t, s) for d, t, s, _, f in groups if f >= 1.0}
+  for r in records:
+    series = MAIN_RUN_SERIES.get(r.get("method"))
+    key = (r.get("domain"), r.get("task"))
+    if (series and not r.get("series") and _label_fraction(r) >= 1.0 and key in studied
+        and (*key, series) not in own_full):
+      groups[(*key, series, r["method"], 1.0)].append(r)
   out = []
   for (domain, task, series, method, frac), rs in sorted(groups.items(), key=lambda kv: kv[0]):
     m, s, n = mean_std(_get(r, "metrics.test.accuracy") for r in rs)

@@ -111,3 +111,16 @@ def test_domain_configs_build_every_cell():
       assert full.config.train.epochs == 1.0 and full.config.optim.lr == 2e-4
       kd = next(c for c in cells if c.method == "kd_soft")
       assert kd.config.train.epochs == 1.0
+
+
+def test_data_efficiency_cells_skip_the_main_runs_full_label_point():
+  from configs import bfsi
+  from research import grid as grid_lib
+  g = bfsi.get_config("phrasebank")
+  g.seeds = (0,)
+  g.data_efficiency.seeds = (0, 1)
+  names = {c.name for c in grid_lib.cells(g)}
+  assert "phrasebank_allagree/student/frac0.05/seed0" in names
+  assert "phrasebank_allagree/teacher/frac0.05/seed0" in names
+  assert not any(n.endswith("frac1/seed0") for n in names)   # the main cells stand for 100%
+  assert "phrasebank_allagree/student/frac1/seed1" in names  # seed 1 has no main cells here

@@ -232,3 +232,18 @@ def test_train_flops_of_a_row_come_from_one_source():
 def test_report_flop_sources_are_cost_module_sources():
   from research import cost
   assert (report.XLA_SOURCE, report.ANALYTIC_SOURCE) == (cost.SOURCE_XLA, cost.SOURCE_ANALYTIC)
+
+
+def test_data_efficiency_takes_full_label_points_from_main_runs():
+  """The grid does not rerun the 100% point: the main teacher/control/student runs stand for it."""
+  recs = [r for r in synthetic_records() if not (r.get("series") and r["label_fraction"] == 1.0)]
+  points = {(d["series"], d["label_fraction"]): d for d in report.data_efficiency(recs)}
+  assert points[("teacher", 1.0)]["accuracy_mean"] == pytest.approx(np.mean(TEACHER_ACC))
+  assert points[("student", 1.0)]["accuracy_mean"] == pytest.approx(np.mean(STUDENT_ACC))
+  assert points[("control", 1.0)]["n"] == 3
+  assert not any(d["series"] not in ("teacher", "control", "student") for d in points.values())
+  # A series' own 100% runs win over the main runs; tasks without a series get no points.
+  own = {(d["series"], d["label_fraction"]): d for d in report.data_efficiency(synthetic_records())}
+  assert own[("teacher", 1.0)]["accuracy_mean"] == pytest.approx(0.95)
+  other = [_record("finetune_full", 0, 0.9, teacher=True, task="other")]
+  assert report.data_efficiency(other) == []
