@@ -465,6 +465,8 @@ LEGEND = """\
   (10⁶ bytes).
 - **CPU p50 ms**: median latency of one jitted forward at batch 1, after warm-up, synchronised;
   **ex/s**: throughput at the largest benchmarked batch. Measured on the device named below.
+- **GPU p50 ms, GPU ex/s** (when measured): the same benchmark on the accelerator named below
+  the table, possibly on another machine than training (`experiments/bench_latency.py`).
 - **Train FLOPs**: FLOPs of the training run as recorded (XLA cost analysis unless marked
   "analytic"); for distillation they include the teacher's forward passes, which table.csv
   also gives alone (`teacher_flops`). **Train time**: wall-clock training time.
@@ -558,6 +560,16 @@ def _best(rows: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
   if not rows:
     return None
   return max(rows, key=lambda r: (r["accuracy_mean"], -(_num(r["params_total"]) or 0)))
+
+
+RETENTION_BAR = 0.97  # "keeps the teacher's quality": the summary names the fastest student above it
+
+
+def _fastest_within(rows: Iterable[dict[str, Any]], bar: float) -> dict[str, Any] | None:
+  """The distilled row with the largest CPU speed-up among those retaining >= bar of the teacher."""
+  ok = [r for r in rows if r["kind"] == "distill" and _ok(r["speedup_vs_teacher"])
+        and _ok(r["retention_vs_teacher"]) and r["retention_vs_teacher"] >= bar]
+  return max(ok, key=lambda r: r["speedup_vs_teacher"]) if ok else None
 
 
 def _kd_regimes(diffs: Sequence[dict[str, Any]]) -> str:
@@ -701,6 +713,13 @@ def summary(records: Sequence[dict[str, Any]]) -> str:
           f"({fmt_pm(kd['accuracy_mean'], kd['accuracy_std'], kd['n_seeds'])} vs "
           f"{fmt_pm(teacher['accuracy_mean'], teacher['accuracy_std'], teacher['n_seeds'])})"
           f"{size}{speed}.")
+      fast = _fastest_within(rs, RETENTION_BAR)
+      if fast and fast is not kd:
+        lines.append(
+            f"- **{domain}/{task}**: the fastest student within {_fmt_pct(RETENTION_BAR)} of the "
+            f"teacher ({fast['method']}) keeps {_fmt_pct(fast['retention_vs_teacher'])} "
+            f"({fmt_pm(fast['accuracy_mean'], fast['accuracy_std'], fast['n_seeds'])}) and runs "
+            f"{_fmt_ratio(fast['speedup_vs_teacher'])} faster at batch 1 on CPU.")
     elif rs:
       lines.append(f"- **{domain}/{task}**: " + (
           "no teacher row (is_teacher), so no retention or speed-up." if not teacher

@@ -247,3 +247,14 @@ def test_data_efficiency_takes_full_label_points_from_main_runs():
   assert own[("teacher", 1.0)]["accuracy_mean"] == pytest.approx(0.95)
   other = [_record("finetune_full", 0, 0.9, teacher=True, task="other")]
   assert report.data_efficiency(other) == []
+
+
+def test_summary_names_fastest_student_above_retention_bar():
+  recs = [_record("finetune_full", 0, 0.950, teacher=True, p50=20.0),
+          _record("kd_soft", 0, 0.940, kind="distill", p50=10.0),
+          _record("kd_soft_2layer", 0, 0.925, kind="distill", p50=5.0),  # 97.4%: 4x
+          _record("kd_tiny", 0, 0.900, kind="distill", p50=2.0)]          # 94.7%: under the bar
+  text = report.summary(recs)
+  assert "best distilled student (kd_soft)" in text
+  assert "fastest student within 97.0% of the teacher (kd_soft_2layer) keeps 97.4%" in text
+  assert "4.00× faster" in text
