@@ -75,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 4.0
   c.train.max_steps = 0           # > 0 overrides epochs
+  # With label_fraction < 1 on the labeled subset: train (and evaluate at) the steps the full training
+  # set would take, so small label fractions get the same compute instead of a few steps.
+  c.train.steps_from_full_data = False
   c.train.eval_every = 0          # steps; 0 -> once per epoch
   c.train.log_every = 20
   c.train.checkpoint_every = 0    # steps; 0 -> once per epoch

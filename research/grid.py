@@ -78,6 +78,8 @@ def _method_config(grid, task, method: str, seed: int, runs_dir: pathlib.Path,
   c.tags.method = method
   c.tags.series = series
   c.data.label_fraction = fraction
+  # Teacher and control see only the labeled fraction: same step budget as with all labels.
+  c.train.steps_from_full_data = bool(series) and fraction < 1.0 and not method.startswith("kd_")
   if method == "head_only":
     c.mask.rule = "head_only"
     c.optim.lr = m.head_only_lr

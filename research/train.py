@@ -534,6 +534,7 @@ def _load_data(config: Any, model_cfg: Any) -> tuple[dict, Any]:
   splits = {s: pipeline.load_tokenized(d.name, d.config or None, s, max_length=d.max_length,
                                        tokenizer_path=tok, **kw)
             for s in ("train", "validation", "test")}
+  full_n = len(splits["train"])
   if d.label_fraction < 1.0:
     records = data_lib.load(d.name, d.config or None, "train", **kw)
     labeled, unlabeled = pipeline.label_fraction(records, d.label_fraction, config.seed)
@@ -544,7 +545,7 @@ def _load_data(config: Any, model_cfg: Any) -> tuple[dict, Any]:
     else:
       splits["train"] = splits["train"].subset(labeled)
   info = dict(num_classes=meta.num_classes, label_names=tuple(meta.label_names),
-              multilabel=meta.multilabel)
+              multilabel=meta.multilabel, full_train_size=full_n)
   return splits, info
 
 
@@ -769,9 +770,13 @@ def run(config: Any) -> dict:
   splits, info = _load_data(config, model_cfg)
   train_split = splits["train"]
   steps_per_epoch = -(-len(train_split) // d.batch_size)
-  total_steps = t.max_steps if t.max_steps > 0 else max(int(np.ceil(t.epochs * steps_per_epoch)), 1)
-  eval_every = t.eval_every or steps_per_epoch
-  ckpt_every = t.checkpoint_every or steps_per_epoch
+  # The step budget (and eval/checkpoint cadence) of an epoch: the full training set's when asked.
+  budget_epoch = steps_per_epoch
+  if t.get("steps_from_full_data", False) and "full_train_size" in info:
+    budget_epoch = -(-info["full_train_size"] // d.batch_size)
+  total_steps = t.max_steps if t.max_steps > 0 else max(int(np.ceil(t.epochs * budget_epoch)), 1)
+  eval_every = t.eval_every or budget_epoch
+  ckpt_every = t.checkpoint_every or budget_epoch
   log_every = max(t.log_every, 1)
 
   tx, schedule = make_optimizer(config.optim, labels, total_steps)

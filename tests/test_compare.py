@@ -124,3 +124,9 @@ def test_data_efficiency_cells_skip_the_main_runs_full_label_point():
   assert "phrasebank_allagree/teacher/frac0.05/seed0" in names
   assert not any(n.endswith("frac1/seed0") for n in names)   # the main cells stand for 100%
   assert "phrasebank_allagree/student/frac1/seed1" in names  # seed 1 has no main cells here
+  by_name = {c.name: c.config for c in grid_lib.cells(g)}
+  # Teacher and control at 5% train the full set's step budget; main cells and students need not.
+  assert by_name["phrasebank_allagree/teacher/frac0.05/seed0"].train.steps_from_full_data
+  assert by_name["phrasebank_allagree/control/frac0.05/seed0"].train.steps_from_full_data
+  assert not by_name["phrasebank_allagree/student/frac0.05/seed0"].train.steps_from_full_data
+  assert not by_name["phrasebank_allagree/finetune_full/seed0"].train.steps_from_full_data

@@ -201,3 +201,31 @@ def test_keep_unlabeled_marks_the_rest_minus_one(monkeypatch):
   dropped = train._load_data(c, None)[0]["train"]  # pylint: disable=protected-access
   assert len(dropped) == len(labeled)
   np.testing.assert_array_equal(dropped.labels, split.labels[labeled])
+
+
+def test_steps_from_full_data_keeps_the_step_budget(monkeypatch, tmp_path):
+  """A 25% label run trains the full set's steps when asked, its own subset's otherwise."""
+  from research import data as data_lib
+  from research.checkpoints import hf
+  from research.data import pipeline
+
+  n = 40
+  split = train.synthetic_split(n, num_classes=4, vocab_size=128, max_length=8, seed=0)
+  records = [{"id": i, "text": "", "label": int(l)} for i, l in zip(split.ids, split.labels)]
+  meta = ml_collections.ConfigDict(dict(num_classes=4, label_names=("a", "b", "c", "d"),
+                                        multilabel=False))
+  monkeypatch.setattr(data_lib, "info", lambda *a, **kw: meta)
+  monkeypatch.setattr(data_lib, "load", lambda *a, **kw: records)
+  monkeypatch.setattr(pipeline, "load_tokenized", lambda *a, **kw: split)
+  monkeypatch.setattr(hf, "resolve_source", lambda source: "unused")
+  steps = {}
+  for full in (False, True):
+    c = smoke.get_config()
+    c.workdir = str(tmp_path / f"full{full}")
+    c.data.name, c.data.config = "fake", ""
+    c.data.label_fraction = 0.25
+    c.data.batch_size = 4
+    c.train.epochs, c.train.max_steps = 1.0, 0
+    c.train.steps_from_full_data = full
+    steps[full] = train.run(c)["steps"]
+  assert steps == {False: 3, True: 10}  # ceil(10 labeled / 4) vs ceil(40 / 4)
