@@ -577,6 +577,9 @@ def _kd_regimes(diffs: Sequence[dict[str, Any]]) -> str:
   if not diffs:
     return ""
   def pts(d: dict[str, Any]) -> str:
+    if d["n"] < 2:  # one seed: no spread to report
+      return (f"{_fmt_frac(d['label_fraction'])}: {100 * d['diff_mean']:+.1f} pts (n=1, one seed; "
+              "no spread)")
     noise = "" if d["diff_mean"] - d["diff_std"] > 0 or d["diff_mean"] + d["diff_std"] < 0 \
         else ", within one std"
     return (f"{_fmt_frac(d['label_fraction'])}: {100 * d['diff_mean']:+.1f} ± "

@@ -258,3 +258,11 @@ def test_summary_names_fastest_student_above_retention_bar():
   assert "best distilled student (kd_soft)" in text
   assert "fastest student within 97.0% of the teacher (kd_soft_2layer) keeps 97.4%" in text
   assert "4.00× faster" in text
+
+
+def test_summary_one_seed_difference_has_no_spread():
+  recs = [_record("kd_soft", 0, 0.85, kind="distill", series="student", fraction=0.05),
+          _record("small_labels_only", 0, 0.81, series="control", fraction=0.05)]
+  text = report.summary(recs)
+  assert "5% labels: +4.0 pts (n=1, one seed; no spread)" in text
+  assert "±" not in text.split("KD beats")[1]
