@@ -167,13 +167,12 @@ def test_layers_out_of_range_fail_before_training(teacher, tmp_path, no_training
   assert not (tmp_path / "student" / "checkpoints").exists()
 
 
-def test_keep_unlabeled_marks_the_rest_minus_one(monkeypatch):
-  """`_load_data` with label_fraction < 1: dropped labels become -1 (keep) or rows go (drop)."""
+def _fake_dataset(monkeypatch, n: int = 40):
+  """A 4-class dataset "fake" of n rows behind the data loaders; returns (split, records)."""
   from research import data as data_lib
   from research.checkpoints import hf
   from research.data import pipeline
 
-  n = 40
   split = train.synthetic_split(n, num_classes=4, vocab_size=128, max_length=8, seed=0)
   records = [{"id": i, "text": "", "label": int(l)} for i, l in zip(split.ids, split.labels)]
   meta = ml_collections.ConfigDict(dict(num_classes=4, label_names=("a", "b", "c", "d"),
@@ -182,6 +181,15 @@ def test_keep_unlabeled_marks_the_rest_minus_one(monkeypatch):
   monkeypatch.setattr(data_lib, "load", lambda *a, **kw: records)
   monkeypatch.setattr(pipeline, "load_tokenized", lambda *a, **kw: split)
   monkeypatch.setattr(hf, "resolve_source", lambda source: "unused")
+  return split, records
+
+
+def test_keep_unlabeled_marks_the_rest_minus_one(monkeypatch):
+  """`_load_data` with label_fraction < 1: dropped labels become -1 (keep) or rows go (drop)."""
+  from research.data import pipeline
+
+  n = 40
+  split, records = _fake_dataset(monkeypatch, n)
   labeled, _ = pipeline.label_fraction(records, 0.25, 0)
 
   c = smoke.get_config()
@@ -205,19 +213,7 @@ def test_keep_unlabeled_marks_the_rest_minus_one(monkeypatch):
 
 def test_steps_from_full_data_keeps_the_step_budget(monkeypatch, tmp_path):
   """A 25% label run trains the full set's steps when asked, its own subset's otherwise."""
-  from research import data as data_lib
-  from research.checkpoints import hf
-  from research.data import pipeline
-
-  n = 40
-  split = train.synthetic_split(n, num_classes=4, vocab_size=128, max_length=8, seed=0)
-  records = [{"id": i, "text": "", "label": int(l)} for i, l in zip(split.ids, split.labels)]
-  meta = ml_collections.ConfigDict(dict(num_classes=4, label_names=("a", "b", "c", "d"),
-                                        multilabel=False))
-  monkeypatch.setattr(data_lib, "info", lambda *a, **kw: meta)
-  monkeypatch.setattr(data_lib, "load", lambda *a, **kw: records)
-  monkeypatch.setattr(pipeline, "load_tokenized", lambda *a, **kw: split)
-  monkeypatch.setattr(hf, "resolve_source", lambda source: "unused")
+  _fake_dataset(monkeypatch, 40)
   steps = {}
   for full in (False, True):
     c = smoke.get_config()
