@@ -9,13 +9,13 @@ backend, naming the device. Weights do not affect latency, so no checkpoint is n
 records in <results_dir>/cells. Settings default to the grid's (configs/grid_common.py).
 """
 
-import json
 import pathlib
 
 from absl import app
 from absl import flags
 
 from research import latency
+from research import report  # record loading only; imports no jax
 
 _RESULTS_DIR = flags.DEFINE_string("results_dir", None, "Folder with cells/*.json records.",
                                    required=True)
@@ -30,11 +30,10 @@ _THROUGHPUT_ITERS = flags.DEFINE_integer("throughput_iters", 10, "Timed calls at
 def main(argv):
   del argv
   results = pathlib.Path(_RESULTS_DIR.value)
-  files = sorted((results / "cells").glob("*.json"))
-  if not files:
-    raise app.UsageError(f"no records in {results / 'cells'}; run experiments.compare first or "
-                         "pass the folder that holds cells/.")
-  records = [json.loads(f.read_text()) for f in files]
+  try:
+    records = report.load_records(results)
+  except FileNotFoundError as e:
+    raise app.UsageError(f"no records in {results}: {e}") from e
   here = latency.available_backends()
   backends = _BACKENDS.value or here
   missing = sorted(set(backends) - set(here))
