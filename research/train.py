@@ -526,7 +526,7 @@ def _load_data(config: Any, model_cfg: Any) -> tuple[dict, Any]:
                                  max_length=d.max_length, seed=config.seed * 10 + k)
               for k, (s, n) in enumerate(sizes.items())}
     info = dict(num_classes=c, label_names=tuple(f"class_{i}" for i in range(c)),
-                multilabel=False)
+                multilabel=False, full_train_size=sizes["train"])
     return splits, info
   kw = dict(manual_dir=d.manual_dir or None, data_dir=d.data_dir or None)
   meta = data_lib.info(d.name, d.config or None, **kw)
@@ -772,7 +772,7 @@ def run(config: Any) -> dict:
   steps_per_epoch = -(-len(train_split) // d.batch_size)
   # The step budget (and eval/checkpoint cadence) of an epoch: the full training set's when asked.
   budget_epoch = steps_per_epoch
-  if t.get("steps_from_full_data", False) and "full_train_size" in info:
+  if t.get("steps_from_full_data", False):
     budget_epoch = -(-info["full_train_size"] // d.batch_size)
   total_steps = t.max_steps if t.max_steps > 0 else max(int(np.ceil(t.epochs * budget_epoch)), 1)
   eval_every = t.eval_every or budget_epoch
