@@ -16,6 +16,7 @@ def get_config(arg: str = ""):
   phrasebank = grid_common.task("phrasebank_allagree", finetune_phrasebank_allagree.get_config())
   banking = grid_common.task("banking77", finetune_banking77.get_config())
   g.tasks = [phrasebank, banking]
+  g.methods = tuple(g.methods) + ("kd_soft_alpha0",)  # soft targets only, no ground-truth labels
   g.data_efficiency.tasks = ("phrasebank_allagree",)
   g.data_efficiency.seeds = (0, 1, 2)
   if arg in ("phrasebank", "quick"):

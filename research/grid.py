@@ -24,7 +24,7 @@ from configs import common
 # Stable method identifiers (table.csv `method` column), in table order.
 FINETUNE_METHODS = ("head_only", "finetune_last_k", "finetune_full", "bitfit", "lora")
 SMALL_METHODS = ("small_labels_only", "kd_soft", "kd_hidden_attn", "kd_labels_only",
-                 "kd_multi_teacher", "kd_soft_2layer")
+                 "kd_multi_teacher", "kd_soft_2layer", "kd_soft_alpha0")
 ALL_METHODS = FINETUNE_METHODS + SMALL_METHODS
 TEACHER_METHOD = "finetune_full"
 DATA_EFFICIENCY_SERIES = ("teacher", "control", "student")
@@ -110,6 +110,9 @@ def _method_config(grid, task, method: str, seed: int, runs_dir: pathlib.Path,
     c.train.epochs = m.kd_epochs
     if method == "kd_soft":
       c.distill.losses = ml_collections.ConfigDict({"ce": 1 - m.alpha, "kd_kl": m.alpha})
+    elif method == "kd_soft_alpha0":
+      # Soft targets only (alpha = 1): the labeled inputs' labels are not used at all.
+      c.distill.losses = ml_collections.ConfigDict({"ce": 0.0, "kd_kl": 1.0})
     elif method == "kd_soft_2layer":
       c.distill.student_layers = tuple(m.student_layers_2)
       c.distill.losses = ml_collections.ConfigDict({"ce": 1 - m.alpha, "kd_kl": m.alpha})

@@ -113,6 +113,21 @@ def test_domain_configs_build_every_cell():
       assert kd.config.train.epochs == 1.0
 
 
+def test_kd_soft_alpha0_is_kd_soft_without_the_label_term():
+  """The alpha=0 cell differs from kd_soft only in its losses (and its names)."""
+  from configs import bfsi
+  g = bfsi.get_config("phrasebank")
+  assert "kd_soft_alpha0" in g.methods
+  by = {c.method: c for c in grid_lib.cells(g) if c.seed == 0 and not c.config.tags.series}
+  a, k = by["kd_soft_alpha0"].config.to_dict(), by["kd_soft"].config.to_dict()
+  assert a["distill"].pop("losses") == {"ce": 0.0, "kd_kl": 1.0}
+  assert k["distill"].pop("losses") == {"ce": 0.5, "kd_kl": 0.5}
+  for key in ("name", "workdir", "tags"):
+    a.pop(key), k.pop(key)
+  assert a == k
+  assert by["kd_soft_alpha0"].teachers == by["kd_soft"].teachers
+
+
 def test_data_efficiency_cells_skip_the_main_runs_full_label_point():
   from configs import bfsi
   from research import grid as grid_lib
