@@ -1,5 +1,6 @@
 """Decoder (Llama/Qwen2) properties on tiny random models, HF round trip, the Qwen2 golden."""
 
+import functools
 import json
 import pathlib
 
@@ -25,9 +26,17 @@ def params_for(cfg, seed=0):
   return decoder.init_params(cfg, jax.random.PRNGKey(seed))
 
 
-def logits(cfg, params, ids, mask=None, **kw):
-  return decoder.Decoder(cfg).apply({"params": params}, jnp.asarray(ids),
-                                    None if mask is None else jnp.asarray(mask), **kw)
+@functools.lru_cache(maxsize=None)
+def _apply(cfg, output_hidden_states):
+  return jax.jit(lambda p, i, m, c: decoder.Decoder(cfg).apply(
+      {"params": p}, i, m, output_hidden_states=output_hidden_states, cache=c))
+
+
+def logits(cfg, params, ids, mask=None, output_hidden_states=False, cache=None):
+  """Jitted apply (one compile per config; eager dispatch is slower on these tiny models)."""
+  ids = jnp.asarray(ids)
+  mask = jnp.ones_like(ids) if mask is None else jnp.asarray(mask)
+  return _apply(cfg, output_hidden_states)(params, ids, mask, cache)
 
 
 def ids_for(cfg, shape, seed=1):
