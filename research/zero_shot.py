@@ -335,6 +335,17 @@ def evaluate_cell(lm: DecoderLM, tokenizer: gguf_tokenizer.GGUFTokenizer,
 # ---------------------------------------------------------------------------------------------
 # The grid driver.
 
+def reparse(record: dict[str, Any], task: prompts.PromptTask) -> dict[str, Any]:
+  """Re-parses a record's stored answers with the current parse_answer (no model run)."""
+  rows = record["predictions"]
+  for row in rows:
+    row["gen_pred"] = prompts.parse_answer(row["answer"], task.label_strings)
+  record["metrics"]["generation"] = generation_metrics(
+      [r["gen_pred"] for r in rows], [r["label"] for r in rows], task.label_strings)
+  record["parser_version"] = prompts.PARSER_VERSION
+  return record
+
+
 def select_subset(examples: Sequence[dict], n: int, seed: int) -> list[dict]:
   """A fixed, seeded sample of n examples (all when n <= 0 or n >= len), in stored order."""
   if n <= 0 or n >= len(examples):
@@ -372,7 +383,7 @@ def slug(text: str) -> str:
 
 def cell_settings(config: Any, model: str, task: prompts.PromptTask, k: int) -> dict[str, Any]:
   """Everything that decides a cell's numbers; its hash is the cell's fingerprint."""
-  return {
+  settings = {
       "model": model, "dtype": config.model.dtype, "task": task.name, "dataset": task.dataset,
       "dataset_config": task.config, "k": k, "seed": config.seed,
       "n": int(config.n_eval.get(task.name, config.n_eval_default)), "split": config.split,
@@ -381,6 +392,9 @@ def cell_settings(config: Any, model: str, task: prompts.PromptTask, k: int) -> 
       "prompt": {"system": task.system, "instruction": task.instruction,
                  "input_label": task.input_label, "labels": list(task.label_strings)},
   }
+  if k:  # the shot layout changes only k > 0 prompts
+    settings["shot_layout"] = prompts.SHOT_LAYOUT
+  return settings
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
@@ -422,6 +436,8 @@ def run(config: Any) -> list[dict[str, Any]]:
         if path.exists():
           old = json.loads(path.read_text())
           if old.get("fingerprint") == fp:
+            if old.get("parser_version") != prompts.PARSER_VERSION:
+              _write_json(path, reparse(old, task))
             records.append(old)
             continue
           print(f"{path.name}: settings changed (fingerprint {old.get('fingerprint')} -> {fp}); "
@@ -442,7 +458,8 @@ def run(config: Any) -> list[dict[str, Any]]:
                             max_new_tokens=config.max_new_tokens,
                             score_suffix=config.score_suffix, progress=config.progress)
         record = {"fingerprint": fp, "settings": settings, "model": model, "task": task.name,
-                  "k": k, "n": len(test), "prompt_name": task.prompt_name, **out,
+                  "k": k, "n": len(test), "prompt_name": task.prompt_name,
+                  "parser_version": prompts.PARSER_VERSION, **out,
                   "timing": lm.timing.as_dict(), "wall_seconds": time.perf_counter() - t0,
                   "model_load_seconds": load_seconds, "git_sha": git_sha(),
                   "machine": {"cpu": cost.host_cpu_name(), "cores": os.cpu_count(),

@@ -42,6 +42,10 @@ def test_k_shot_from_train_only_never_the_asked_example(task_and_data):
     assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
     assert [m["content"] for m in messages[2:7:2]] == [
         task.label_strings[s["label"]] for s in shots]
+    # The instruction once, first; the asked example last, as input only.
+    assert messages[1]["content"] == task.user_message(shots[0], 200)
+    assert messages[-1]["content"] == task.body(ex, 200)
+    assert sum("exactly one" in m["content"] for m in messages) == 1
   if len(task.label_strings) >= 3:  # stratified: k <= C gives k different classes
     assert len({s["label"] for s in prompts.sample_shots(task, train, test[0], k=3, seed=1)}) == 3
 
@@ -65,6 +69,8 @@ def test_readable_labels_and_pubmedqa_context_truncation(tfds_data_dir):
     ("I think the answer is negative", 0), ("The sentence is positive", 2),
     ("It could be positive or negative", None), ("", None), ("I cannot tell.", None),
     ("The sentiment of this sentence from financial news", None),
+    ("The sentiment of this sentence is neutral, as it expresses no positive or negative view", 1),
+    ("No label here. Then: positive and negative", None),
 ])
 def test_parse_answer_sentiment(text, want):
   assert prompts.parse_answer(text, ("negative", "neutral", "positive")) == want

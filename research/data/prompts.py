@@ -34,11 +34,14 @@ class PromptTask:
   label_strings: tuple[str, ...]          # answer per class index, distinct after normalising
   format_input: Callable[[Example, int], str] | None = None   # (example, context_words) -> text
 
-  def user_message(self, example: Example, context_words: int) -> str:
-    body = (self.format_input(example, context_words) if self.format_input
+  def body(self, example: Example, context_words: int) -> str:
+    return (self.format_input(example, context_words) if self.format_input
             else f"{self.input_label}: {example['text']}")
+
+  def user_message(self, example: Example, context_words: int) -> str:
+    """The instruction (with the listed answers) followed by the example's input."""
     options = ", ".join(self.label_strings)
-    return f"{self.instruction.format(options=options)}\n\n{body}"
+    return f"{self.instruction.format(options=options)}\n\n{self.body(example, context_words)}"
 
 
 def readable_label(name: str) -> str:
@@ -97,6 +100,7 @@ _SPECS: dict[str, dict[str, Any]] = {
 }
 TASK_NAMES = tuple(_SPECS)
 PROMPT_NAME = "v1"
+SHOT_LAYOUT = "instruction-in-first-turn"  # how k > 0 shots are laid out (in k-shot fingerprints)
 
 
 def get_task(name: str, label_names: Sequence[str] | None = None) -> PromptTask:
@@ -159,12 +163,18 @@ def sample_shots(task: PromptTask, train: Sequence[Example], example: Example, *
 
 def build_messages(task: PromptTask, example: Example, shots: Sequence[Example] = (), *,
                    context_words: int = 200) -> list[dict[str, str]]:
-  """System, k-shot user/assistant turns, then the user turn asking about `example`."""
+  """System, k-shot user/assistant turns, then the user turn asking about `example`.
+
+  The instruction is written once, in the first user turn; later user turns carry only the input,
+  so k shots add k inputs and answers, not k copies of (e.g.) banking77's 77-intent list. With k=0
+  the single user turn is instruction + input.
+  """
   messages = [{"role": "system", "content": task.system}]
-  for shot in shots:
-    messages.append({"role": "user", "content": task.user_message(shot, context_words)})
-    messages.append({"role": "assistant", "content": task.label_strings[int(shot["label"])]})
-  messages.append({"role": "user", "content": task.user_message(example, context_words)})
+  for i, ex in enumerate([*shots, example]):
+    text = task.user_message(ex, context_words) if i == 0 else task.body(ex, context_words)
+    messages.append({"role": "user", "content": text})
+    if i < len(shots):
+      messages.append({"role": "assistant", "content": task.label_strings[int(ex["label"])]})
   return messages
 
 
@@ -181,12 +191,26 @@ _LEAD_IN = re.compile(
     r"\s*(?:is|would be|:)?\s*)?(?:(?:it is|it s|this is|that is|the)\s+)*")
 
 
+PARSER_VERSION = 2  # bump when parse_answer changes: stored answers are re-parsed, not re-run
+
+
+def _labels_in(clause: str, labels: Sequence[str], by_length: Sequence[int]) -> set[int]:
+  """Labels occurring as whole words; a longer label claims its span before shorter ones."""
+  found, rest = set(), f" {clause} "
+  for i in by_length:
+    needle = f" {labels[i]} "
+    if needle in rest:
+      found.add(i)
+      rest = rest.replace(needle, " | ")
+  return found
+
+
 def parse_answer(text: str, label_strings: Sequence[str]) -> int | None:
-  """The class index a free-text answer names, or None when it names none (or several).
+  """The class index a free-text answer names, or None when it names none (or several at once).
 
   Tried in order, on normalised text: the whole answer is a label; after dropping lead-in words
-  ("Answer:", "The sentiment is") the answer starts with a label (longest label first); exactly one
-  label occurs as whole words in the first line (longer labels claim their span first).
+  ("Answer:", "The sentiment is") the first line starts with a label (longest label first); the
+  first clause (split at . , ; ! ? and newlines) that names any label names exactly one.
   """
   labels = [normalize(s) for s in label_strings]
   lines = [line for line in text.strip().splitlines() if line.strip()]
@@ -195,16 +219,13 @@ def parse_answer(text: str, label_strings: Sequence[str]) -> int | None:
   full = normalize(text)
   if full in labels:
     return labels.index(full)
-  first = normalize(lines[0])
-  stripped = _LEAD_IN.sub("", first, count=1).strip()
+  stripped = _LEAD_IN.sub("", normalize(lines[0]), count=1).strip()
   by_length = sorted(range(len(labels)), key=lambda i: -len(labels[i]))
   for i in by_length:
     if stripped == labels[i] or stripped.startswith(labels[i] + " "):
       return i
-  found, rest = set(), f" {first} "
-  for i in by_length:
-    needle = f" {labels[i]} "
-    if needle in rest:
-      found.add(i)
-      rest = rest.replace(needle, " | ")
-  return found.pop() if len(found) == 1 else None
+  for clause in re.split(r"[.,;!?\n]+", text):
+    found = _labels_in(normalize(clause), labels, by_length)
+    if found:
+      return found.pop() if len(found) == 1 else None
+  return None
