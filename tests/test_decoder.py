@@ -260,3 +260,19 @@ def test_analytic_flops_close_to_xla():
   analytic = decoder.analytic_flops(cfg, 2, 32, train=False)
   assert abs(analytic / cost["flops"] - 1) < 0.15
   assert decoder.analytic_flops(cfg, 2, 32, train=True) == pytest.approx(3 * analytic)
+
+
+def test_explicit_positions_match_default_and_shift_changes_logits():
+  cfg = tiny()
+  p = params_for(cfg)
+  ids = ids_for(cfg, (2, 6))
+  m = decoder.Decoder(cfg)
+  pos = np.tile(np.arange(6, dtype=np.int32), (2, 1))
+  np.testing.assert_allclose(m.apply({"params": p}, ids, positions_BxL=pos)["logits"],
+                             logits(cfg, p, ids)["logits"], atol=1e-5)
+  # RoPE is relative: a shift keeps attention scores (up to rounding), so logits barely move...
+  shifted = m.apply({"params": p}, ids, positions_BxL=pos + 5)["logits"]
+  np.testing.assert_allclose(shifted, logits(cfg, p, ids)["logits"], atol=1e-3)
+  # ...while permuting positions does change them.
+  assert np.abs(m.apply({"params": p}, ids, positions_BxL=pos[:, ::-1].copy())["logits"]
+                - logits(cfg, p, ids)["logits"]).max() > 1e-3

@@ -372,7 +372,7 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: Array, attention_mask: Array | None = None,
-               positions: Array | None = None, output_hidden_states: bool = False,
+               positions_BxL: Array | None = None, output_hidden_states: bool = False,
                cache: dict[str, Any] | None = None) -> dict[str, Any]:
     """Runs the decoder.
 
@@ -380,7 +380,7 @@ class Decoder(nn.Module):
       input_ids: int B×L token ids.
       attention_mask: int B×L, 1 real / 0 padding (default all ones). Pad on the LEFT for
         generation; any padding works for scoring.
-      positions: int B×L RoPE positions (default cumsum(mask) - 1 from the cached count).
+      positions_BxL: int B×L RoPE positions (default cumsum(mask) - 1 from the cached count).
       output_hidden_states: also return the L+1 hidden states (embedding output first, the last
         one after the final norm, as HF).
       cache: a KV cache from `init_cache` (or a previous call); this chunk is written at
@@ -393,7 +393,7 @@ class Decoder(nn.Module):
     cfg = self.cfg
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
-    out = DecoderStack(cfg, name="decoder")(input_ids, attention_mask, positions, cache)
+    out = DecoderStack(cfg, name="decoder")(input_ids, attention_mask, positions_BxL, cache)
     if not cfg.tie_word_embeddings:
       out["logits"] = Dense(cfg.vocab_size, False, jnp.float32, cfg.initializer_range,
                             name="lm_head")(out["last_hidden_state"])
