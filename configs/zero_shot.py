@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.n_eval_default = 200      # seeded subset of the split per task (<= 0: all)
   # Long prompts cost most on CPU: banking77 lists 77 intents, pubmedqa carries an abstract.
   c.n_eval = ml_collections.ConfigDict({"banking77": 100, "pubmedqa_pqal": 100})
+  c.limit = 0                 # > 0: only the first `limit` of each task's draw (a cheaper subset)
   c.context_words = 200       # pubmedqa abstract truncated to this many words
   c.max_new_tokens = 16       # greedy answer length
   c.score_suffix = True       # score label + end-of-turn token (the whole answer turn)

@@ -196,25 +196,30 @@ class DecoderLM:
                                                                    cache_len), n, "prefill")
 
   def score(self, state: tuple[jax.Array, Any], options: Sequence[Sequence[int]]) -> np.ndarray:
-    """Summed log-prob of each option continuing the prefilled prompt (C,)."""
+    """Summed log-prob of each option continuing the prefilled prompt (C,).
+
+    Options go in chunks of similar length (sorted), each padded to a multiple of 8 tokens.
+    """
     last_lp, cache = state
-    width = _round_up(max(map(len, options)), 8)
-    if width > self.extra_slots:
-      raise ValueError(f"an option has {max(map(len, options))} tokens but the cache keeps "
-                       f"extra_slots={self.extra_slots}; raise config.extra_slots")
+    longest = max(map(len, options))
+    if _round_up(longest, 8) > self.extra_slots:
+      raise ValueError(f"an option has {longest} tokens but the cache keeps "
+                       f"extra_slots={self.extra_slots}; raise config.model.extra_slots")
     chunk = min(self.option_chunk, len(options))
-    out = []
-    for start in range(0, len(options), chunk):
-      part = options[start:start + chunk]
+    order = sorted(range(len(options)), key=lambda i: len(options[i]))
+    out = np.zeros(len(options))
+    for start in range(0, len(order), chunk):
+      part = order[start:start + chunk]
+      width = _round_up(max(len(options[i]) for i in part), 8)
       ids = np.zeros((chunk, width), np.int32)
       mask = np.zeros((chunk, width), np.int32)
-      for i, opt in enumerate(part):
-        ids[i, :len(opt)], mask[i, :len(opt)] = opt, 1
+      for row, i in enumerate(part):
+        ids[row, :len(options[i])], mask[row, :len(options[i])] = options[i], 1
       key = ("extend", cache["mask"].shape[1], chunk, width)
       sums = self._timed(key, lambda: self._extend(self.params, cache, last_lp, ids, mask), 0,
                          "score")
-      out.append(np.asarray(sums, np.float64)[:len(part)])
-    return np.concatenate(out)
+      out[part] = np.asarray(sums, np.float64)[:len(part)]
+    return out
 
   def greedy(self, state: tuple[jax.Array, Any], max_new_tokens: int,
              stop_ids: Sequence[int]) -> list[int]:
@@ -346,12 +351,20 @@ def reparse(record: dict[str, Any], task: prompts.PromptTask) -> dict[str, Any]:
   return record
 
 
-def select_subset(examples: Sequence[dict], n: int, seed: int) -> list[dict]:
-  """A fixed, seeded sample of n examples (all when n <= 0 or n >= len), in stored order."""
+def select_subset(examples: Sequence[dict], n: int, seed: int, limit: int = 0) -> list[dict]:
+  """A fixed, seeded sample of n examples (all when n <= 0 or n >= len), in stored order.
+
+  `limit` > 0 keeps the first `limit` of the n in draw order: a smaller budget evaluates a subset
+  of the examples a full run evaluates, so models run with different limits stay comparable.
+  """
   if n <= 0 or n >= len(examples):
-    return list(examples)
-  idx = np.sort(np.random.default_rng(seed).choice(len(examples), n, replace=False))
-  return [examples[i] for i in idx]
+    idx = np.random.default_rng(seed).permutation(len(examples)) if limit else np.arange(
+        len(examples))
+  else:
+    idx = np.random.default_rng(seed).choice(len(examples), n, replace=False)
+  if limit > 0:
+    idx = idx[:limit]
+  return [examples[i] for i in np.sort(idx)]
 
 
 def load_examples(task: prompts.PromptTask, split: str, data_cfg: Any) -> list[dict]:
@@ -392,6 +405,8 @@ def cell_settings(config: Any, model: str, task: prompts.PromptTask, k: int) -> 
       "prompt": {"system": task.system, "instruction": task.instruction,
                  "input_label": task.input_label, "labels": list(task.label_strings)},
   }
+  if config.limit > 0:  # first `limit` of the n-example draw
+    settings["limit"] = config.limit
   if k:  # the shot layout changes only k > 0 prompts
     settings["shot_layout"] = prompts.SHOT_LAYOUT
   return settings
@@ -450,7 +465,7 @@ def run(config: Any) -> list[dict[str, Any]]:
         if train is None:
           train = load_examples(task, "train", config.data)
           test = select_subset(load_examples(task, config.split, config.data), settings["n"],
-                               config.seed)
+                               config.seed, config.limit)
         lm.timing = Timing()
         t0 = time.perf_counter()
         out = evaluate_cell(lm, tokenizer, task, test, train, k=k, seed=config.seed,

@@ -159,3 +159,14 @@ def test_driver_reparses_stored_answers_when_the_parser_changes(toy_driver, monk
   rec = json.loads(path.read_text())
   assert len(calls["cells"]) == 4                          # no model run
   assert rec["parser_version"] == prompts.PARSER_VERSION and rec["predictions"][0]["gen_pred"] == 1
+
+
+def test_select_subset_is_seeded_sorted_and_limits_nest():
+  examples = [{"id": i} for i in range(50)]
+  full = zero_shot.select_subset(examples, 20, seed=0)
+  assert len(full) == 20 and full == zero_shot.select_subset(examples, 20, seed=0)
+  assert [e["id"] for e in full] == sorted(e["id"] for e in full)
+  small = zero_shot.select_subset(examples, 20, seed=0, limit=5)
+  assert len(small) == 5 and all(e in full for e in small)
+  assert zero_shot.select_subset(examples, 0, seed=0) == examples
+  assert len(zero_shot.select_subset(examples, 0, seed=0, limit=7)) == 7
