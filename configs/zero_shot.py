@@ -41,6 +41,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.prompt_buckets = (128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
   c.model.extra_slots = 32    # cache slots after the prompt: labels (<= 32 tokens) / the answer
   c.model.option_chunk = 16   # labels scored per batch (memory: chunk × cache)
+  # Greedy answers: "prefix" decodes from the scoring prefill (one prefill per example);
+  # "generate" batches prompts through research.models.generate (a second prefill).
+  c.model.generator = "prefix"
+  c.model.generate_batch = 8
   c.data = ml_collections.ConfigDict()
   c.data.manual_dir = ""      # "" -> $RESEARCH_DATA_DIR/<name> or ../shared/data/<name>
   c.data.data_dir = ""        # "" -> the TFDS default

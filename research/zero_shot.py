@@ -113,13 +113,16 @@ class Timing:
   decode_tokens: int = 0
   decode_seconds: float = 0.0
   score_seconds: float = 0.0      # label scoring (prompt-sharing batches of label tokens)
+  generate_tokens: int = 0        # generator="generate": tokens out of generate(), prefill incl.
+  generate_seconds: float = 0.0
   compile_seconds: float = 0.0
 
   def as_dict(self) -> dict[str, float]:
     rate = lambda n, s: n / s if s > 0 else None
     return {**dataclasses.asdict(self),
             "prefill_tokens_per_s": rate(self.prefill_tokens, self.prefill_seconds),
-            "decode_tokens_per_s": rate(self.decode_tokens, self.decode_seconds)}
+            "decode_tokens_per_s": rate(self.decode_tokens, self.decode_seconds),
+            "generate_tokens_per_s": rate(self.generate_tokens, self.generate_seconds)}
 
 
 def _tile_cache(cache: dict[str, Any], rows: int) -> dict[str, Any]:
@@ -179,6 +182,8 @@ class DecoderLM:
       self.timing.prefill_seconds += dt
     elif kind == "score":
       self.timing.score_seconds += dt
+    elif kind == "generate":
+      self.timing.generate_seconds += dt
     else:
       self.timing.decode_tokens += tokens
       self.timing.decode_seconds += dt
@@ -244,6 +249,25 @@ class DecoderLM:
           key, lambda: self._step(self.params, cache, np.array([[token]], np.int32)), 1, "decode")
     return tokens
 
+  def generate_batch(self, prompts_ids: Sequence[Sequence[int]], max_new_tokens: int,
+                     stop_ids: Sequence[int], pad_id: int = 0) -> list[list[int]]:
+    """Greedy answers via research.models.generate (its own prefill; B prompts at once)."""
+    from research.models import generate  # pylint: disable=g-import-not-at-top
+    sampling = generate.SamplingConfig(max_new_tokens=max_new_tokens, stop_ids=tuple(stop_ids),
+                                       pad_id=pad_id)
+    bucket = bucket_length(max(map(len, prompts_ids)), self.prompt_buckets)
+    key = ("generate", len(prompts_ids), bucket, max_new_tokens)
+    compiled = key in self._seen
+    out = self._timed(key, lambda: generate.generate(self.params, self.cfg, prompts_ids, sampling,
+                                                     prompt_bucket=bucket), 0, "generate")
+    answers = []
+    for row, n in zip(out["tokens"], out["lengths"]):
+      tokens = [int(t) for t in row[:n]]
+      answers.append(tokens[:-1] if tokens and tokens[-1] in stop_ids else tokens)
+    if compiled:  # the compiling call's time is not counted, so neither are its tokens
+      self.timing.generate_tokens += int(out["lengths"].sum())
+    return answers
+
 
 # ---------------------------------------------------------------------------------------------
 # One cell: a model on a task at k shots.
@@ -295,11 +319,18 @@ def _summary(m: dict[str, Any]) -> dict[str, Any]:
 def evaluate_cell(lm: DecoderLM, tokenizer: gguf_tokenizer.GGUFTokenizer,
                   task: prompts.PromptTask, examples: Sequence[dict], train: Sequence[dict], *,
                   k: int, seed: int, context_words: int, max_new_tokens: int,
-                  score_suffix: bool = True, progress: bool = True) -> dict[str, Any]:
-  """Scores and generates for every example; -> metrics, majority baseline, predictions."""
+                  score_suffix: bool = True, generator: str = "prefix", generate_batch: int = 8,
+                  progress: bool = True) -> dict[str, Any]:
+  """Scores and generates for every example; -> metrics, majority baseline, predictions.
+
+  generator: "prefix" decodes greedily from the scoring prefill (one prefill per example);
+  "generate" batches `generate_batch` prompts through research.models.generate.generate.
+  """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  if generator not in ("prefix", "generate"):
+    raise ValueError(f"generator={generator!r}; use 'prefix' or 'generate'")
   labels_txt, c = task.label_strings, len(task.label_strings)
-  sums, counts, gen_pred, rows = [], [], [], []
+  sums, counts, rows, prompt_ids = [], [], [], []
   t0 = time.perf_counter()
   for ex in tqdm(examples, desc=f"{task.name} k={k}", disable=not progress, file=sys.stderr):
     shots = prompts.sample_shots(task, train, ex, k=k, seed=seed)
@@ -310,15 +341,23 @@ def evaluate_cell(lm: DecoderLM, tokenizer: gguf_tokenizer.GGUFTokenizer,
     options = option_token_ids(tokenizer, text, ids, labels_txt, suffix)
     state = lm.prefill(ids)
     s = lm.score(state, options)
-    answer_ids = lm.greedy(state, max_new_tokens, tokenizer.stop_ids)
-    answer = tokenizer.decode(answer_ids)
-    parsed = prompts.parse_answer(answer, labels_txt)
     sums.append(s)
     counts.append([len(o) for o in options])
-    gen_pred.append(parsed)
+    prompt_ids.append(ids)
     rows.append({"id": ex.get("id"), "label": int(ex["label"]), "prompt_tokens": len(ids),
-                 "score_pred": int(np.argmax(s)), "answer": answer, "gen_pred": parsed,
-                 "shot_ids": [sh.get("id") for sh in shots]})
+                 "score_pred": int(np.argmax(s)), "shot_ids": [sh.get("id") for sh in shots]})
+    if generator == "prefix":
+      rows[-1]["answer"] = tokenizer.decode(lm.greedy(state, max_new_tokens, tokenizer.stop_ids))
+  if generator == "generate":
+    for start in range(0, len(prompt_ids), generate_batch):
+      batch = prompt_ids[start:start + generate_batch]
+      padded = batch + [batch[0]] * (generate_batch - len(batch))   # one compiled batch shape
+      answers = lm.generate_batch(padded, max_new_tokens, tokenizer.stop_ids, tokenizer.pad_id)
+      for row, answer in zip(rows[start:start + len(batch)], answers):
+        row["answer"] = tokenizer.decode(answer)
+  for row in rows:
+    row["gen_pred"] = prompts.parse_answer(row["answer"], labels_txt)
+  gen_pred = [row["gen_pred"] for row in rows]
   sums_NxC, counts_NxC = np.array(sums), np.array(counts)
   y = np.array([int(ex["label"]) for ex in examples])
   majority = int(np.bincount([int(ex["label"]) for ex in train], minlength=c).argmax())
@@ -407,6 +446,8 @@ def cell_settings(config: Any, model: str, task: prompts.PromptTask, k: int) -> 
   }
   if config.limit > 0:  # first `limit` of the n-example draw
     settings["limit"] = config.limit
+  if config.model.generator != "prefix":  # same greedy answers, other code path
+    settings["generator"] = config.model.generator
   if k:  # the shot layout changes only k > 0 prompts
     settings["shot_layout"] = prompts.SHOT_LAYOUT
   return settings
@@ -471,7 +512,9 @@ def run(config: Any) -> list[dict[str, Any]]:
         out = evaluate_cell(lm, tokenizer, task, test, train, k=k, seed=config.seed,
                             context_words=config.context_words,
                             max_new_tokens=config.max_new_tokens,
-                            score_suffix=config.score_suffix, progress=config.progress)
+                            score_suffix=config.score_suffix, generator=config.model.generator,
+                            generate_batch=config.model.generate_batch,
+                            progress=config.progress)
         record = {"fingerprint": fp, "settings": settings, "model": model, "task": task.name,
                   "k": k, "n": len(test), "prompt_name": task.prompt_name,
                   "parser_version": prompts.PARSER_VERSION, **out,

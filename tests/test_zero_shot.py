@@ -170,3 +170,10 @@ def test_select_subset_is_seeded_sorted_and_limits_nest():
   assert len(small) == 5 and all(e in full for e in small)
   assert zero_shot.select_subset(examples, 0, seed=0) == examples
   assert len(zero_shot.select_subset(examples, 0, seed=0, limit=7)) == 7
+
+
+def test_prefix_greedy_matches_models_generate():
+  lm = tiny_lm(prompt_buckets=(16, 32), extra_slots=16)
+  prompts_ids = [list(range(10, 30)), list(range(40, 45))]
+  mine = [lm.greedy(lm.prefill(p), 6, stop_ids=(7,)) for p in prompts_ids]
+  assert lm.generate_batch(prompts_ids, 6, stop_ids=(7,)) == mine
