@@ -35,6 +35,13 @@ class SamplingConfig:
   stop_ids: tuple[int, ...] = ()
   pad_id: int = 0
 
+  def __post_init__(self):
+    object.__setattr__(self, "stop_ids", tuple(int(i) for i in self.stop_ids))  # hashable
+    if self.max_new_tokens < 1:
+      raise ValueError(f"SamplingConfig.max_new_tokens={self.max_new_tokens} must be >= 1.")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"SamplingConfig.top_p={self.top_p} must be in (0, 1].")
+
 
 def bucket_length(n: int, minimum: int = 16) -> int:
   """Smallest power of two >= max(n, minimum): prompt lengths share a few compiled shapes."""
