@@ -276,3 +276,23 @@ def test_explicit_positions_match_default_and_shift_changes_logits():
   # ...while permuting positions does change them.
   assert np.abs(m.apply({"params": p}, ids, positions_BxL=pos[:, ::-1].copy())["logits"]
                 - logits(cfg, p, ids)["logits"]).max() > 1e-3
+
+
+def test_hf_sharded_bf16_folder(tmp_path):
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  cfg = tiny()
+  p = jax.tree_util.tree_map(np.asarray, params_for(cfg))
+  config, tensors = hf_decoder.decoder_to_hf(p, cfg)
+  names = sorted(tensors)
+  shards = {"model-00001-of-00002.safetensors": names[:5],
+            "model-00002-of-00002.safetensors": names[5:]}
+  for shard, keys in shards.items():  # real checkpoints are mostly bf16
+    save_file({k: tensors[k].astype(ml_dtypes.bfloat16) for k in keys}, str(tmp_path / shard))
+  (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+      {"weight_map": {k: s for s, keys in shards.items() for k in keys}}))
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  cfg2, p2 = hf_decoder.load_hf_decoder(tmp_path)
+  assert cfg2 == cfg
+  bf = lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(bf(a), b), p, p2)

@@ -99,10 +99,22 @@ def decoder_to_hf(params: Mapping[str, Any], cfg: DecoderConfig
   return cfg.to_hf_dict(), tensors
 
 
+def read_tensors(folder: pathlib.Path) -> tuple[dict[str, np.ndarray], pathlib.Path]:
+  """`hf.read_tensors`, plus sharded folders (model.safetensors.index.json + shards)."""
+  index = pathlib.Path(folder) / "model.safetensors.index.json"
+  if (pathlib.Path(folder) / "model.safetensors").is_file() or not index.is_file():
+    return hf.read_tensors(folder)
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  tensors = {}
+  for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+    tensors.update(load_file(str(pathlib.Path(folder) / shard)))
+  return tensors, index
+
+
 def load_hf_decoder(folder: str | os.PathLike[str]) -> tuple[DecoderConfig, Params]:
   """Reads an HF decoder folder (or any `hf.resolve_source` source) as (cfg, params)."""
   folder = hf.resolve_source(folder)
-  tensors, file = hf.read_tensors(folder)
+  tensors, file = read_tensors(folder)
   return decoder_from_hf(hf.read_config(folder), tensors, file)
 
 
