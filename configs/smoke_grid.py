@@ -22,11 +22,12 @@ def get_config(arg: str = ""):
   g.seeds = (0,)
   g.methods = ("finetune_full", "head_only", "small_labels_only", "kd_soft")
   # configs/smoke.py's model and data, with a 4-layer "teacher" so 2-layer students can be cut.
-  g.run = ml_collections.ConfigDict({
-      "model": {"source": "", "random_init": True, "dtype": "float32", "pooling": "mean",
-                "overrides": {"num_layers": 4, "hidden_size": 32, "num_heads": 2,
-                              "intermediate_size": 64, "vocab_size": 128}},
-  })
+  r = g.run
+  r.model.source = ""
+  r.model.random_init = True
+  r.model.overrides.update(
+      {"num_layers": 4, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64,
+       "vocab_size": 128})
   base = smoke.get_config()
   base.train.max_steps = 6
   base.train.eval_every = 6

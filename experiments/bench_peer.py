@@ -33,6 +33,7 @@ from research import distill
 from research import latency
 from research import masking
 from research import train
+from research.tasks import classification
 from research.checkpoints import hf
 from research.models import registry
 
@@ -62,7 +63,7 @@ def ours() -> dict:
   params, labels = masking.prepare(params, config.mask, jax.random.PRNGKey(1))
   tx, _ = train.make_optimizer(config.optim, labels, total_steps=1000)
   state = train.place_state(train.create_train_state(params, tx, jax.random.PRNGKey(2)), "jit")
-  step = train.make_train_step(train.classification_loss_fn(model), tx, trainable=labels)
+  step = train.make_train_step(classification.loss_fn(registry.get_family("bert").bind(model)), tx, trainable=labels)
   b, s = _BATCH.value, _SEQ.value
   rng = np.random.default_rng(0)
   batch = {"input_ids": rng.integers(1000, cfg.vocab_size - 1, (b, s)).astype(np.int32),

@@ -18,7 +18,7 @@ from research import compare
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "bfsi.py") + ":quick",
-    "Grid config (configs/<domain>.py[:arg]).")
+    "Grid config (configs/<domain>.py[:arg]).", lock_config=True)
 _ONLY = flags.DEFINE_list("only", [], "Run only cells whose name contains one of these.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Skip training; rebuild tables from records.")
 

@@ -14,7 +14,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from configs import common
 from research import distill
+from research import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Distillation config file.",
                                           lock_config=True)
@@ -23,7 +25,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Distillation config f
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  result = distill.run_with_teacher(_CONFIG.value)
+  result = distill.run_with_teacher(_CONFIG.value, train.run, teacher_config=common.teacher_config)
   summary = {k: result[k] for k in ("method", "task", "params_total", "train_seconds",
                                     "train_flops", "teacher_flops", "labeled_examples",
                                     "teachers", "run_dir")}

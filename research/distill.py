@@ -1,8 +1,8 @@
 """Student construction and pre-training checks for knowledge distillation.
 
 * `select_layers`: DistilBERT-style student (Sanh et al. 2019) — copy the teacher's embeddings, a
-  subset of its layers (renumbered layer_0..), pooler and head, on the params pytree contract of
-  docs/ARCHITECTURE.md.
+  subset of its layers (renumbered 0..) and everything else (pooler, head), through the family's
+  parameter layout (research/models/layout.py).
 * `fresh_student`: a smaller config (fewer layers / narrower) for a randomly initialised student.
 * `check_setup` and friends: fail with a clear message before any compute.
 * `cache_teacher_logits` / `load_teacher_logits`: run an expensive teacher once over the training
@@ -20,13 +20,16 @@ import jax
 import numpy as np
 
 from research import losses as losses_lib
+from research.checkpoints import store as store_lib
 from research.losses import check_layer_map, default_layer_map  # re-exported for callers
+from research.models import registry
+from research.tasks import Distillation
 
 __all__ = [
     "select_layers", "every_other", "first_k", "fresh_student", "check_layer_map",
     "default_layer_map", "check_compatible", "check_teacher_dir", "check_setup", "TEACHER_FILES",
     "cache_teacher_logits", "load_teacher_logits", "TeacherLogits", "teacher_finished",
-    "teacher_config", "run_with_teacher",
+    "run_with_teacher",
 ]
 
 # Files a teacher export must hold: the HF-format folder written/read by research/checkpoints/hf.py.
@@ -56,18 +59,19 @@ def first_k(k: int) -> tuple[int, ...]:
   return tuple(range(k))
 
 
-def select_layers(teacher_params: Mapping[str, Any], teacher_cfg,
-                  layers: Sequence[int]) -> tuple[dict[str, Any], Any]:
+def select_layers(teacher_params: Mapping[str, Any], teacher_cfg, layers: Sequence[int],
+                  family: str = "bert") -> tuple[dict[str, Any], Any]:
   """Initialises a student from a subset of the teacher's layers (DistilBERT, Sanh et al. 2019).
 
-  Copies encoder/embeddings, encoder/layer_{layers[i]} -> encoder/layer_{i}, encoder/pooler and
-  head (when present). Arrays are copied, so donating the student's buffers in a jitted train step
+  Copies every non-layer param (embeddings, pooler, head) and teacher layer `layers[i]` as
+  student layer i. Arrays are copied, so donating the student's buffers in a jitted train step
   cannot invalidate the (frozen) teacher's.
 
   Args:
-    teacher_params: params pytree {"encoder": {...}, "head": {...}} (LoRA merged).
-    teacher_cfg: the teacher's EncoderConfig.
+    teacher_params: the teacher's params pytree (LoRA merged).
+    teacher_cfg: the teacher's model config.
     layers: teacher layer indices, distinct, each in [0, teacher_cfg.num_layers).
+    family: the model family (its layout says which params are layers).
 
   Returns:
     (student_params, student_cfg) with student_cfg.num_layers == len(layers).
@@ -86,24 +90,20 @@ def select_layers(teacher_params: Mapping[str, Any], teacher_cfg,
   if "lora" in teacher_params:
     raise ValueError("select_layers: teacher params hold LoRA adapters; fold them in first with "
                      "masking.merge_lora(params).")
-  if "encoder" not in teacher_params:
-    raise ValueError(f"select_layers: teacher params have keys {sorted(teacher_params)}; expected "
-                     "{'encoder', 'head'} (docs/ARCHITECTURE.md).")
-  enc = teacher_params["encoder"]
-  missing = [f"layer_{i}" for i in range(num) if f"layer_{i}" not in enc]
-  if missing:
-    raise ValueError(f"select_layers: teacher params lack {missing} but teacher_cfg.num_layers="
-                     f"{num}; params and config come from different models.")
+  fam = registry.get_family(family)
+  found = fam.layout(teacher_cfg).num_layers(list(_paths(teacher_params)))
+  if found != num:
+    raise ValueError(f"select_layers: teacher params have {found} layers but teacher_cfg.num_layers="
+                     f"{num}; params and config come from different models (docs/ARCHITECTURE.md).")
+  return fam.slice_layers(dict(teacher_params), _replace(teacher_cfg), layers)
 
-  def copy(tree):
-    return jax.tree.map(lambda x: x.copy(), tree)
 
-  student_enc = {k: copy(v) for k, v in enc.items() if not k.startswith("layer_")}
-  for i, j in enumerate(layers):
-    student_enc[f"layer_{i}"] = copy(enc[f"layer_{j}"])
-  student = {k: copy(v) for k, v in teacher_params.items() if k != "encoder"}
-  student["encoder"] = student_enc
-  return student, _replace(teacher_cfg, num_layers=len(layers))
+def _paths(tree, prefix=""):
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      yield from _paths(v, f"{prefix}{k}/")
+    else:
+      yield f"{prefix}{k}"
 
 
 def fresh_student(cfg, **overrides):
@@ -273,7 +273,7 @@ def load_teacher_logits(path: str | os.PathLike,
 
 # ----------------------------------------------------------------------------- training setup
 
-PROJ_KEY = "kd_proj"  # params[PROJ_KEY]: learned student->teacher width projections (trained)
+PROJ_KEY = losses_lib.PROJ_KEY  # params[PROJ_KEY]: learned student->teacher width projections
 
 
 def is_distillation(config) -> bool:
@@ -290,12 +290,13 @@ class DistillSetup:
   """What a distillation run trains, and against what.
 
   Attributes:
-    model: the student classifier module.
+    model: the student module.
     params: student params (+ params[PROJ_KEY] when hidden-state widths differ).
     model_cfg: the student's config.
     teacher_models / teacher_cfgs: the frozen teachers.
     aux: tuple of teacher params (passed to the train step, never differentiated).
     weights: the active loss weights.
+    family: the model family of student and teachers.
   """
   model: Any
   params: Any
@@ -304,55 +305,27 @@ class DistillSetup:
   teacher_cfgs: tuple
   aux: tuple
   weights: dict
+  family: str = "bert"
 
   def uses_labels(self) -> bool:
-    """Whether ground-truth labels enter the loss (the labeled-data column of the table)."""
-    return any(n in self.weights for n in ("ce",))
+    """Whether ground-truth labels enter the loss (each loss declares it: losses.reads_labels)."""
+    return losses_lib.reads_labels(self.weights)
 
-  def loss_fn(self, config, *, multilabel: bool):
-    """loss_fn(params, batch, rng, aux) for the train step: student vs frozen teachers."""
-    needs = losses_lib.required_outputs(self.weights)
-    want_h, want_a = "hidden_states" in needs, "attentions" in needs
+  def distillation(self, config) -> Distillation:
+    """The task's view of this setup: teacher calls and loss settings."""
+    fam = registry.get_family(self.family)
     d = config.distill
-    weights, model, teachers = dict(self.weights), self.model, self.teacher_models
-    layer_map = tuple(d.layer_map)
-    teacher_weights = tuple(d.teacher_weights) or None
-    several = len(teachers) > 1
-
-    def loss_fn(params, batch, rng, aux):
-      params = dict(params)
-      proj = params.pop(PROJ_KEY, None)
-      args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-      s_out = model.apply({"params": params}, *args, deterministic=False,
-                          output_hidden_states=want_h, output_attentions=want_a,
-                          rngs={"dropout": rng})
-      t_outs = [t.apply({"params": jax.lax.stop_gradient(p)}, *args, deterministic=True,
-                        output_hidden_states=want_h, output_attentions=want_a)
-                for t, p in zip(teachers, aux)]
-      t_out = dict(t_outs[0])
-      if several:
-        t_out["logits"] = [o["logits"] for o in t_outs]
-      return losses_lib.combined_loss(
-          weights, student_out=s_out, teacher_out=t_out, batch=batch,
-          temperature=d.temperature, layer_map=layer_map, proj_params=proj,
-          teacher_weights=teacher_weights, label_smoothing=config.train.label_smoothing,
-          top_k=d.top_k, multilabel=multilabel)
-    return loss_fn
+    return Distillation(
+        weights=dict(self.weights), teachers=tuple(fam.bind(m) for m in self.teacher_models),
+        temperature=d.temperature, layer_map=tuple(d.layer_map),
+        teacher_weights=tuple(d.teacher_weights) or None, top_k=d.top_k)
 
   def teacher_forward_flops(self, batch: int, seq_len: int) -> float:
-    from research import cost  # pylint: disable=g-import-not-at-top
-    return float(sum(cost.analytic_encoder_flops(c, batch, seq_len, False)
-                     for c in self.teacher_cfgs))
+    fam = registry.get_family(self.family)
+    return float(sum(fam.analytic_flops(c, batch, seq_len, False) for c in self.teacher_cfgs))
 
 
-def build_setup(config, *, num_labels: int, rng) -> DistillSetup:
-  """Loads the teachers, builds the student and checks everything before any training.
-
-  Student: `distill.student_init="layers"` copies `distill.student_layers` of the (first) teacher
-  (DistilBERT-style); "fresh" builds `config.model` (its overrides, random_init, layers).
-  """
-  from research import train  # pylint: disable=g-import-not-at-top
-  from research.models import registry  # pylint: disable=g-import-not-at-top
+def _load_teachers(config, num_labels: int) -> list[tuple[Any, Any]]:
   d = config.distill
   dirs = teacher_dirs(config)
   if d.teacher and tuple(d.teachers):
@@ -362,37 +335,52 @@ def build_setup(config, *, num_labels: int, rng) -> DistillSetup:
                      f"{len(dirs)} teachers.")
   for p in dirs:
     check_teacher_dir(p)
-    if not train.has_exported_params(p):
+    if not store_lib.has_exported_params(p):
       raise FileNotFoundError(f"teacher run dir {p!r} has no exported best params (best/); "
                               "finish the teacher's fine-tuning run first.")
-  loaded = [train.load_run_params(p) for p in dirs]
-  family = registry.get_family(config.model.family)
-  t_cfgs = tuple(_replace(c, dtype=config.model.dtype) for _, c in loaded)
-  for c, p in zip(t_cfgs, dirs):
+  loaded = [store_lib.load_run_params(p) for p in dirs]
+  for (_, c), p in zip(loaded, dirs):
     if c.num_labels != num_labels:
       raise ValueError(f"teacher {p!r} predicts {c.num_labels} labels but the dataset "
                        f"{config.data.name}/{config.data.config} has {num_labels}; use a teacher "
                        "fine-tuned on this task.")
+  return loaded
+
+
+def _student(config, loaded, *, num_labels: int, rng) -> tuple[Any, Any]:
+  d, fam = config.distill, config.model.family
   if d.student_init == "layers":
-    params, s_cfg = select_layers(loaded[0][0], loaded[0][1], tuple(d.student_layers))
-  elif d.student_init == "fresh":
+    return select_layers(loaded[0][0], loaded[0][1], tuple(d.student_layers), family=fam)
+  if d.student_init == "fresh":
     _, params, s_cfg = registry.build_model(
-        config.model.family, config.model.source or None, num_labels=num_labels,
+        fam, config.model.source or None, num_labels=num_labels,
         dtype=config.model.dtype, pooling=config.model.pooling,
         overrides=config.model.overrides.to_dict(), random_init=config.model.random_init,
         rng=rng, dropout=config.model.dropout)
     if tuple(config.model.layers):
-      params, s_cfg = select_layers(params, s_cfg, tuple(config.model.layers))
-  else:
-    raise ValueError(f"distill.student_init={d.student_init!r}; use 'layers' or 'fresh'.")
+      params, s_cfg = select_layers(params, s_cfg, tuple(config.model.layers), family=fam)
+    return params, s_cfg
+  raise ValueError(f"distill.student_init={d.student_init!r}; use 'layers' or 'fresh'.")
+
+
+def build_setup(config, *, num_labels: int, rng) -> DistillSetup:
+  """Loads the teachers, builds the student and checks everything before any training.
+
+  Student: `distill.student_init="layers"` copies `distill.student_layers` of the (first) teacher
+  (DistilBERT-style); "fresh" builds `config.model` (its overrides, random_init, layers).
+  """
+  d = config.distill
+  loaded = _load_teachers(config, num_labels)
+  family = registry.get_family(config.model.family)
+  t_cfgs = tuple(_replace(c, dtype=config.model.dtype) for _, c in loaded)
+  params, s_cfg = _student(config, loaded, num_labels=num_labels, rng=rng)
   s_cfg = _replace(s_cfg, dtype=config.model.dtype, hidden_dropout=config.model.dropout,
                    attention_dropout=config.model.dropout)
   for c in t_cfgs[1:]:
     check_compatible(s_cfg, c)
   weights = check_setup(student_cfg=s_cfg, teacher_cfg=t_cfgs[0], losses=d.losses.to_dict(),
                         layer_map=tuple(d.layer_map))
-  needs = losses_lib.required_outputs(weights)
-  if "hidden_states" in needs:
+  if "hidden_states" in losses_lib.required_outputs(weights):
     n_map = len(d.layer_map) or s_cfg.num_layers
     proj = losses_lib.init_projections(rng, s_cfg.hidden_size, t_cfgs[0].hidden_size, n_map)
     if proj:
@@ -400,7 +388,8 @@ def build_setup(config, *, num_labels: int, rng) -> DistillSetup:
   return DistillSetup(
       model=family.classifier(s_cfg), params=params, model_cfg=s_cfg,
       teacher_models=tuple(family.classifier(c) for c in t_cfgs), teacher_cfgs=t_cfgs,
-      aux=tuple(jax.tree.map(np.asarray, p) for p, _ in loaded), weights=weights)
+      aux=tuple(jax.tree.map(np.asarray, p) for p, _ in loaded), weights=weights,
+      family=config.model.family)
 
 
 # ----------------------------------------------------------------------------- teacher, then student
@@ -408,62 +397,22 @@ def build_setup(config, *, num_labels: int, rng) -> DistillSetup:
 
 def teacher_finished(run_dir: str | os.PathLike) -> bool:
   """True when a teacher run dir holds a finished run: exported best params and its result.json."""
-  from research import train  # pylint: disable=g-import-not-at-top
-  return train.has_exported_params(run_dir) and (pathlib.Path(run_dir) / "result.json").is_file()
+  return store_lib.has_exported_params(run_dir) and (pathlib.Path(run_dir) / "result.json").is_file()
 
 
-def teacher_config(config):
-  """The fine-tuning config of `config`'s teacher: distillation off, full mask, teacher workdir.
-
-  Only for `distill.student_init="layers"`, where `config.model` describes the teacher (the student
-  is cut from its layers). The teacher trains on the labeled examples only (keep_unlabeled off).
-
-  Args:
-    config: a distillation run config with one `distill.teacher`.
-
-  Returns:
-    A new config; `config` is unchanged.
-  """
-  import copy  # pylint: disable=g-import-not-at-top
-  from configs import common  # pylint: disable=g-import-not-at-top
-  d = config.distill
-  if not d.teacher or tuple(d.teachers):
-    raise ValueError("teacher_config: needs exactly one distill.teacher; train several teachers "
-                     "(distill.teachers) with experiments/finetune.py first.")
-  if d.student_init != "layers":
-    raise ValueError(f"teacher {d.teacher!r} is not trained and distill.student_init="
-                     f"{d.student_init!r}: config.model describes the student, not the teacher; "
-                     "train the teacher with experiments/finetune.py first.")
-  defaults = common.base_config()
-  c = copy.deepcopy(config)
-  c.distill = defaults.distill
-  c.mask = defaults.mask
-  c.mask.rule = "full"
-  c.model.layers = ()
-  c.data.keep_unlabeled = False
-  c.tags.method = "finetune_full"
-  c.tags.is_teacher = True
-  c.name = f"{config.name}-teacher"
-  c.workdir = d.teacher
-  return c
-
-
-def run_with_teacher(config, runner: Callable[[Any], dict] | None = None) -> dict:
+def run_with_teacher(config, runner: Callable[[Any], dict], *,
+                     teacher_config: Callable[[Any], Any] | None = None) -> dict:
   """Distils as `config` says, fine-tuning the teacher first when its run dir is not finished.
-
-  The teacher run uses `teacher_config(config)`; an interrupted teacher run resumes from its
-  checkpoints. Teachers of a multi-teacher config must all be finished already.
 
   Args:
     config: a distillation run config (configs/common.py; distill.teacher or distill.teachers).
-    runner: run config -> result record; default `research.train.run`.
+    runner: run config -> result record (`research.train.run`).
+    teacher_config: student config -> the teacher's fine-tuning config (configs/common.py
+      `teacher_config`); needed only when the teacher is not trained yet.
 
   Returns:
     The student's result record.
   """
-  if runner is None:
-    from research import train  # pylint: disable=g-import-not-at-top
-    runner = train.run
   if not is_distillation(config):
     raise ValueError("run_with_teacher: config names no teacher; set distill.teacher (or use "
                      "experiments/finetune.py for a plain fine-tuning run).")
@@ -472,5 +421,8 @@ def run_with_teacher(config, runner: Callable[[Any], dict] | None = None) -> dic
     raise FileNotFoundError(f"teacher run dir(s) {missing} hold no finished run; fine-tune each "
                             "teacher of distill.teachers with experiments/finetune.py first.")
   if missing:
+    if teacher_config is None:
+      raise FileNotFoundError(f"teacher run dir {missing[0]!r} holds no finished run; fine-tune it "
+                              "first (experiments/finetune.py) or fix distill.teacher.")
     runner(teacher_config(config))
   return runner(config)

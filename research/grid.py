@@ -19,14 +19,9 @@ from typing import Callable, Sequence
 import ml_collections
 from tqdm.auto import tqdm
 
-from configs import common
+from research import train
+from research.checkpoints import store as store_lib
 
-# Stable method identifiers (table.csv `method` column), in table order.
-FINETUNE_METHODS = ("head_only", "finetune_last_k", "finetune_full", "bitfit", "lora")
-SMALL_METHODS = ("small_labels_only", "kd_soft", "kd_hidden_attn", "kd_labels_only",
-                 "kd_multi_teacher", "kd_soft_2layer", "kd_soft_alpha0")
-ALL_METHODS = FINETUNE_METHODS + SMALL_METHODS
-TEACHER_METHOD = "finetune_full"
 DATA_EFFICIENCY_SERIES = ("teacher", "control", "student")
 
 
@@ -41,16 +36,8 @@ class Cell:
   teachers: tuple[str, ...] = ()  # cell names whose exported params this cell needs
 
 
-def _task_config(grid: ml_collections.ConfigDict, task: ml_collections.ConfigDict,
-                 seed: int) -> ml_collections.ConfigDict:
-  """Base run config of one task: common defaults, then the grid's, then the task's overrides."""
-  c = common.base_config()
-  c.update_from_flattened_dict(_flatten(grid.get("run", {})))
-  c.update_from_flattened_dict(_flatten(task.get("run", {})))
-  c.seed = seed
-  c.tags.domain = grid.domain
-  c.tags.task = task.name
-  return c
+# Run-config fields whose value is a whole mapping: a method's entry replaces them, not merges.
+_REPLACED = ("distill.losses",)
 
 
 def _flatten(d, prefix="") -> dict:
@@ -59,108 +46,97 @@ def _flatten(d, prefix="") -> dict:
   out = {}
   for k, v in d.items():
     key = f"{prefix}{k}"
-    if isinstance(v, dict):
+    if isinstance(v, dict) and key not in _REPLACED:
       out.update(_flatten(v, key + "."))
     else:
       out[key] = v
   return out
 
 
-def _method_config(grid, task, method: str, seed: int, runs_dir: pathlib.Path,
-                   fraction: float = 1.0, series: str = "") -> Cell:
-  """Builds the run config of one (task, method, seed) cell."""
-  c = _task_config(grid, task, seed)
-  m = grid.methods_cfg
+def _apply(c: ml_collections.ConfigDict, overrides: ml_collections.ConfigDict | dict) -> None:
+  """Sets dotted run-config fields; a field that is not in the run config fails (locked)."""
+  for key, value in _flatten(overrides).items():
+    if key in _REPLACED:
+      section, field = key.rsplit(".", 1)
+      c[section][field] = ml_collections.ConfigDict(value)
+    else:
+      c.update_from_flattened_dict({key: value})
+
+
+def method_def(grid: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+  defs = grid.method_defs
+  if method not in defs:
+    raise ValueError(f"unknown method {method!r}; known: {', '.join(defs)} (grid.method_defs).")
+  return defs[method]
+
+
+def _cell(grid, task, method: str, seed: int, runs_dir: pathlib.Path, fraction: float = 1.0,
+          series: str = "") -> Cell:
+  """Builds the run config of one (task, method, seed) cell: grid.run < task.run < method.run."""
+  spec = method_def(grid, method)
+  c = copy.deepcopy(grid.run)
+  _apply(c, task.get("run", {}))
+  c.seed = seed
+  c.tags.domain = grid.domain
+  c.tags.task = task.name
   suffix = f"/frac{fraction:g}" if series else ""
   name = f"{task.name}/{series or method}{suffix}/seed{seed}"
-  teacher_name = f"{task.name}/{TEACHER_METHOD}/seed{seed}"
-  teachers: tuple[str, ...] = ()
   c.tags.method = method
   c.tags.series = series
+  c.tags.is_teacher = bool(spec.is_teacher) and not series
   c.data.label_fraction = fraction
+  distils = bool(spec.teachers)
   # Teacher and control see only the labeled fraction: same step budget as with all labels.
-  c.train.steps_from_full_data = bool(series) and fraction < 1.0 and not method.startswith("kd_")
-  if method == "head_only":
-    c.mask.rule = "head_only"
-    c.optim.lr = m.head_only_lr
-    c.train.epochs = m.head_only_epochs
-  elif method == "finetune_last_k":
-    c.mask.rule = "last_k"
-    c.mask.k = m.last_k
-  elif method == "finetune_full":
-    c.mask.rule = "full"
-    c.tags.is_teacher = not series
-  elif method == "bitfit":
-    c.mask.rule = "bitfit"
-    c.optim.lr = m.bitfit_lr
-  elif method == "lora":
-    c.mask.rule = "lora"
-    c.optim.lr = m.lora_lr
-  elif method == "small_labels_only":
-    c.model.layers = tuple(m.student_layers)
-  elif method.startswith("kd_"):
-    if series:
-      teacher_name = f"{task.name}/teacher{suffix}/seed{seed}"
+  c.train.steps_from_full_data = bool(series) and fraction < 1.0 and not distils
+  _apply(c, spec.run)
+  teachers: tuple[str, ...] = ()
+  if distils:
+    if series:  # the series' own teacher, fine-tuned on the same fraction
+      teachers = tuple(f"{task.name}/{_series_of(grid, t)}{suffix}/seed{seed}"
+                       for t in spec.teachers)
       c.data.keep_unlabeled = True
-    teachers = (teacher_name,)
-    c.distill.teacher = str(runs_dir / teacher_name)
-    c.distill.student_init = "layers"
-    c.distill.student_layers = tuple(m.student_layers)
-    c.distill.temperature = m.temperature
-    c.train.epochs = m.kd_epochs
-    if method == "kd_soft":
-      c.distill.losses = ml_collections.ConfigDict({"ce": 1 - m.alpha, "kd_kl": m.alpha})
-    elif method == "kd_soft_alpha0":
-      # Soft targets only (alpha = 1): the labeled inputs' labels are not used at all.
-      c.distill.losses = ml_collections.ConfigDict({"ce": 0.0, "kd_kl": 1.0})
-    elif method == "kd_soft_2layer":
-      c.distill.student_layers = tuple(m.student_layers_2)
-      c.distill.losses = ml_collections.ConfigDict({"ce": 1 - m.alpha, "kd_kl": m.alpha})
-    elif method == "kd_hidden_attn":
-      c.distill.losses = ml_collections.ConfigDict({
-          "ce": 1 - m.alpha, "kd_kl": m.alpha, "hidden_mse": m.hidden_weight,
-          "attn_kl": m.attn_weight})
-      c.distill.layer_map = tuple(m.layer_map)
-    elif method == "kd_labels_only":
-      c.distill.losses = ml_collections.ConfigDict({"labels_only": 1.0})
-    elif method == "kd_multi_teacher":
-      second = f"{task.name}/finetune_last_k/seed{seed}"
-      teachers = (teacher_name, second)
-      c.distill.teacher = ""
-      c.distill.teachers = tuple(str(runs_dir / t) for t in teachers)
-      c.distill.teacher_weights = (0.5, 0.5)
-      c.distill.losses = ml_collections.ConfigDict({"ce": 1 - m.alpha, "multi_kl": m.alpha})
     else:
-      raise ValueError(f"unknown method {method!r}; known: {', '.join(ALL_METHODS)}")
-  else:
-    raise ValueError(f"unknown method {method!r}; known: {', '.join(ALL_METHODS)}")
+      teachers = tuple(f"{task.name}/{t}/seed{seed}" for t in spec.teachers)
+    dirs = tuple(str(runs_dir / t) for t in teachers)
+    c.distill.teacher = dirs[0] if len(dirs) == 1 else ""
+    c.distill.teachers = dirs if len(dirs) > 1 else ()
   c.name = name
   c.workdir = str(runs_dir / name)
   return Cell(name=name, task=task.name, method=method, seed=seed, config=c, teachers=teachers)
 
 
+def _series_of(grid, method: str) -> str:
+  for series, m in grid.data_efficiency.series.items():
+    if m == method:
+      return series
+  raise ValueError(f"data-efficiency series use teacher method {method!r}, which no series "
+                   f"trains; grid.data_efficiency.series = {grid.data_efficiency.series.to_dict()}.")
+
+
 def cells(grid: ml_collections.ConfigDict) -> list[Cell]:
   """All cells of the grid, teachers before the students that need them."""
   runs_dir = pathlib.Path(grid.runs_dir)
-  unknown = [m for m in grid.methods if m not in ALL_METHODS]
-  if unknown:
-    raise ValueError(f"unknown method(s) {unknown} in grid.methods; known: {', '.join(ALL_METHODS)}")
+  for m in grid.methods:
+    method_def(grid, m)
   out: list[Cell] = []
+  de = grid.data_efficiency
   for task in grid.tasks:
     for seed in grid.seeds:
       for method in grid.methods:
-        out.append(_method_config(grid, task, method, seed, runs_dir))
-    if grid.data_efficiency.enabled and task.name in grid.data_efficiency.tasks:
+        out.append(_cell(grid, task, method, seed, runs_dir))
+    if de.enabled and task.name in de.tasks:
       # At 100% of labels the main cells (same configs) are the series' points: not run twice.
-      main_point = {TEACHER_METHOD, "small_labels_only", "kd_soft"} <= set(grid.methods)
-      for seed in grid.data_efficiency.seeds:
-        for frac in grid.data_efficiency.fractions:
+      main_point = set(de.series.values()) <= set(grid.methods)
+      for seed in de.seeds:
+        for frac in de.fractions:
           if frac >= 1.0 and main_point and seed in grid.seeds:
             continue
-          out.append(_method_config(grid, task, TEACHER_METHOD, seed, runs_dir, frac, "teacher"))
-          out.append(_method_config(grid, task, "small_labels_only", seed, runs_dir, frac,
-                                    "control"))
-          out.append(_method_config(grid, task, "kd_soft", seed, runs_dir, frac, "student"))
+          for series, method in de.series.items():
+            out.append(_cell(grid, task, method, seed, runs_dir, frac, series))
+  return _teachers_first(out)
+
+
+def _teachers_first(out: list[Cell]) -> list[Cell]:
   by_name = {c.name: c for c in out}
   ordered: list[Cell] = []
   seen: set[str] = set()
@@ -201,8 +177,7 @@ def save_curve(results_dir: pathlib.Path, cell: Cell) -> None:
 
 
 def _teacher_ready(runs_dir: pathlib.Path, name: str) -> bool:
-  from research import train  # pylint: disable=g-import-not-at-top
-  return train.has_exported_params(runs_dir / name)
+  return store_lib.has_exported_params(runs_dir / name)
 
 
 def run_grid(grid: ml_collections.ConfigDict,
@@ -218,9 +193,7 @@ def run_grid(grid: ml_collections.ConfigDict,
   Returns:
     The result records of all cells (finished earlier or now).
   """
-  if runner is None:
-    from research import train  # pylint: disable=g-import-not-at-top
-    runner = train.run
+  runner = runner or train.run
   results_dir = pathlib.Path(grid.results_dir)
   runs_dir = pathlib.Path(grid.runs_dir)
   all_cells = cells(grid)

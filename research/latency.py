@@ -25,9 +25,8 @@ CACHE_NAME = "latency.json"
 
 
 def shape_key(model: dict[str, Any]) -> str:
-  """Identifies a model shape: what latency depends on."""
-  return "L{num_layers}-D{hidden_size}-H{num_heads}-F{intermediate_size}-C{num_labels}".format(
-      **model)
+  """Identifies a model shape: what latency depends on (the family's key)."""
+  return encoder.shape_key(model)
 
 
 def available_backends() -> list[str]:

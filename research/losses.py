@@ -409,8 +409,11 @@ def check_layer_map(layer_map: Sequence[int], num_student_layers: int,
 
 # ----------------------------------------------------------------------------- registry
 
-# Model outputs a term needs from both models beyond "logits" (see `required_outputs`).
+# What a term needs beyond the student's "logits" (see `required_outputs`): "teacher" (teacher
+# outputs), "hidden_states", "attentions", and "labels" (it reads the ground truth batch["label"]).
 _REQUIRES_ATTR = "requires"
+LABELS = "labels"
+PROJ_KEY = "kd_proj"  # params[PROJ_KEY]: `init_projections`, trained with the student
 
 
 def _requires(*outputs: str) -> Callable[[Callable], Callable]:
@@ -448,7 +451,7 @@ def _attentions(name: str, out: Mapping[str, Any] | None, who: str) -> Sequence[
   return out["attentions"]
 
 
-@_requires()
+@_requires(LABELS)
 def _ce_term(*, student_out, batch, label_smoothing, multilabel, **_) -> LossOut:
   if "label" not in batch:
     raise ValueError("loss 'ce' needs batch['label']; drop 'ce' from distill.losses for unlabeled "
@@ -590,6 +593,16 @@ def required_outputs(weights: Mapping[str, float]) -> frozenset[str]:
   """
   return frozenset().union(*(getattr(LOSSES[n], _REQUIRES_ATTR, frozenset())
                              for n in check_loss_weights(weights)))
+
+
+def reads_labels(weights: Mapping[str, float]) -> bool:
+  """Whether any active term reads ground-truth labels (the table's labeled-data column)."""
+  return LABELS in required_outputs(weights)
+
+
+def register(name: str, term: Callable[..., LossOut], *, requires: Sequence[str] = ()) -> None:
+  """Adds a loss term under `name` (usable in distill.losses); `requires` as `_requires`."""
+  LOSSES[name] = _requires(*requires)(term)
 
 
 def combined_loss(weights: Mapping[str, float], *, student_out: Mapping[str, Any],

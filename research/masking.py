@@ -1,13 +1,14 @@
 """Parameter masks: which leaves of a params pytree train, and LoRA adapters.
 
 A mask rule turns a params pytree into a label pytree of the same structure whose leaves are
-"trainable" or "frozen" (the form `optax.multi_transform` takes). Rules match '/'-joined paths
-(`encoder/layer_3/attn/query/kernel`, see docs/ARCHITECTURE.md):
+"trainable" or "frozen" (the form `optax.multi_transform` takes). Rules read the family's `Layout`
+(research/models/layout.py: which '/'-joined paths are blocks, head, norms, biases), so each rule is
+written once for every family:
 
   full       every leaf.
   head_only  the classification head (a linear probe); also the pooler when pooling="pooler".
-  last_k     the last k encoder layers + head; embeddings and the first L-k layers are frozen.
-  bitfit     every bias, every LayerNorm scale, and the head.
+  last_k     the last k blocks + head; embeddings and the first L-k blocks are frozen.
+  bitfit     every bias, every norm parameter, and the head (norm-only for bias-free families).
   lora       low-rank adapters under params["lora"] (see `add_lora`) + head; the base is frozen.
   regex      the leaves whose path matches a custom regular expression (re.search).
 
@@ -21,25 +22,25 @@ import math
 import re
 from typing import Any, Mapping
 
-import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from research.models import encoder
+from research.models import layout as layout_lib
+from research.models.layout import Layout
 
 PyTree = Any
 TRAINABLE = "trainable"
 FROZEN = "frozen"
 RULES = ("full", "head_only", "last_k", "bitfit", "lora", "regex")
 
-_LAYER_RE = re.compile(r"^encoder/layer_(\d+)/")
-_LN_RE = re.compile(r"(^|/)[^/]*ln/(scale|bias)$")
-
 def flatten(params: PyTree) -> dict[str, Any]:
   """Params pytree -> {'a/b/c': leaf}."""
-  return flax.traverse_util.flatten_dict(_as_dict(params), sep="/")
+  return layout_lib.flatten(params)
 
 def unflatten(flat: Mapping[str, Any]) -> dict:
-  return flax.traverse_util.unflatten_dict(dict(flat), sep="/")
+  return layout_lib.unflatten(flat)
 
 def _as_dict(tree: PyTree) -> dict:
   # FrozenDict and other mappings -> plain nested dicts (the pytree contract).
@@ -47,27 +48,26 @@ def _as_dict(tree: PyTree) -> dict:
     return {k: _as_dict(v) for k, v in tree.items()}
   return tree
 
-def num_layers(params: PyTree) -> int:
-  """Number of `encoder/layer_{i}` blocks in a params pytree."""
-  ids = {int(m.group(1)) for p in flatten(params) if (m := _LAYER_RE.match(p))}
-  if ids and ids != set(range(len(ids))):
-    raise ValueError(f"encoder layers are not numbered 0..L-1: {sorted(ids)}")
-  return len(ids)
+def _layout(layout: Layout | None, pooling: str) -> Layout:
+  # Default: the BERT family's layout (with the pooler in the head when pooling="pooler").
+  return layout if layout is not None else encoder.layout(pooling)
 
-def _head_re(pooling: str) -> re.Pattern:
-  return re.compile(r"^(head|encoder/pooler)/" if pooling == "pooler" else r"^head/")
+def num_layers(params: PyTree, layout: Layout | None = None) -> int:
+  """Number of transformer blocks in a params pytree."""
+  return _layout(layout, "mean").num_layers(list(flatten(params)))
 
 def trainable_paths(params: PyTree, rule: str, *, k: int = 2, regex: str = "",
-                    pooling: str = "mean") -> set[str]:
+                    pooling: str = "mean", layout: Layout | None = None) -> set[str]:
   """Paths of the leaves a rule trains.
 
   Args:
     params: params pytree (arrays or jax.ShapeDtypeStruct leaves); for rule="lora" it must already
       hold params["lora"] (see `add_lora`).
     rule: one of RULES.
-    k: last_k: number of trained encoder layers, 0 <= k <= L.
+    k: last_k: number of trained blocks, 0 <= k <= L.
     regex: regex rule: pattern searched in each '/'-joined path.
-    pooling: the model's pooling; with "pooler" the pooler dense counts as part of the head.
+    pooling: BERT's pooling when `layout` is None ("pooler" puts the pooler in the head).
+    layout: the family's parameter layout (research/models/layout.py); None: BERT's.
 
   Returns:
     The set of trainable paths.
@@ -75,37 +75,31 @@ def trainable_paths(params: PyTree, rule: str, *, k: int = 2, regex: str = "",
   Raises:
     ValueError: unknown rule, bad k, or a rule that matches no parameter.
   """
+  lay = _layout(layout, pooling)
   paths = list(flatten(params))
-  head = _head_re(pooling)
   if rule == "full":
     chosen = set(paths)
   elif rule == "head_only":
-    chosen = {p for p in paths if head.match(p)}
+    chosen = {p for p in paths if lay.is_head(p)}
   elif rule == "last_k":
-    n = num_layers(params)
+    n = lay.num_layers(paths)
     if not 0 <= k <= n:
-      raise ValueError(f"mask.k={k} but the encoder has {n} layers; set --config.mask.k to a value "
+      raise ValueError(f"mask.k={k} but the model has {n} layers; set --config.mask.k to a value "
                        f"in 0..{n}.")
     def in_last_k(p):
-      m = _LAYER_RE.match(p)
-      return m is not None and int(m.group(1)) >= n - k
-    chosen = {p for p in paths if head.match(p) or in_last_k(p)}
+      i = lay.layer_index(p)
+      return i is not None and i >= n - k
+    chosen = {p for p in paths if lay.is_head(p) or in_last_k(p)}
   elif rule == "bitfit":
-    chosen = {p for p in paths if head.match(p) or p.endswith("/bias") or _LN_RE.search(p)}
+    chosen = {p for p in paths if lay.is_head(p) or lay.is_bias(p) or lay.is_norm(p)}
   elif rule == "lora":
     if not any(p.startswith("lora/") for p in paths):
       raise ValueError("mask.rule='lora' but params hold no params['lora']; call "
                        "masking.add_lora(params, ...) first.")
     chosen = {p for p in paths if p.startswith("lora/") and not p.endswith("/scale")
-              or head.match(p)}
+              or lay.is_head(p)}
   elif rule == "regex":
-    if not regex:
-      raise ValueError("mask.rule='regex' needs a pattern: set --config.mask.regex='...'.")
-    try:
-      pattern = re.compile(regex)
-    except re.error as e:
-      raise ValueError(f"mask.regex={regex!r} is not a valid regular expression: {e}") from None
-    chosen = {p for p in paths if pattern.search(p)}
+    chosen = _regex_paths(paths, regex)
   else:
     raise ValueError(f"mask.rule={rule!r} is unknown; use one of {RULES}.")
   if not chosen:
@@ -114,14 +108,25 @@ def trainable_paths(params: PyTree, rule: str, *, k: int = 2, regex: str = "",
                      f"{paths[:3]}.")
   return chosen
 
+def _regex_paths(paths: list[str], regex: str) -> set[str]:
+  if not regex:
+    raise ValueError("mask.rule='regex' needs a pattern: set --config.mask.regex='...'.")
+  try:
+    pattern = re.compile(regex)
+  except re.error as e:
+    raise ValueError(f"mask.regex={regex!r} is not a valid regular expression: {e}") from None
+  return {p for p in paths if pattern.search(p)}
+
 def make_labels(params: PyTree, rule: str, **kw) -> PyTree:
   """Label pytree ("trainable"/"frozen" leaves) for `params`; kw as in `trainable_paths`."""
   chosen = trainable_paths(params, rule, **kw)
   return unflatten({p: TRAINABLE if p in chosen else FROZEN for p in flatten(params)})
 
-def labels_from_config(params: PyTree, mask_cfg: Any, *, pooling: str = "mean") -> PyTree:
+def labels_from_config(params: PyTree, mask_cfg: Any, *, pooling: str = "mean",
+                       layout: Layout | None = None) -> PyTree:
   """`make_labels` driven by a config's `mask` section (rule, k, regex)."""
-  return make_labels(params, mask_cfg.rule, k=mask_cfg.k, regex=mask_cfg.regex, pooling=pooling)
+  return make_labels(params, mask_cfg.rule, k=mask_cfg.k, regex=mask_cfg.regex, pooling=pooling,
+                     layout=layout)
 
 def split(tree: PyTree, labels: PyTree) -> tuple[PyTree, PyTree]:
   """(trainable, frozen): two copies of `tree` with the other kind of leaves set to None."""
@@ -219,15 +224,16 @@ def merge_lora(params: PyTree) -> dict:
     flat[key] = (kernel + delta).astype(kernel.dtype)
   return unflatten(flat)
 
-def prepare(params: PyTree, mask_cfg: Any, rng: jax.Array, *,
-            pooling: str = "mean") -> tuple[dict, PyTree]:
+def prepare(params: PyTree, mask_cfg: Any, rng: jax.Array, *, pooling: str = "mean",
+            layout: Layout | None = None) -> tuple[dict, PyTree]:
   """Adds adapters when mask_cfg.rule == "lora", then builds labels. Returns (params, labels)."""
   params = _as_dict(params)
   if mask_cfg.rule == "lora":
     params = add_lora(params, mask_cfg.lora_rank, mask_cfg.lora_alpha, mask_cfg.lora_targets, rng)
-  return params, labels_from_config(params, mask_cfg, pooling=pooling)
+  return params, labels_from_config(params, mask_cfg, pooling=pooling, layout=layout)
 
-def validate(params: PyTree, mask_cfg: Any, *, pooling: str = "mean") -> dict[str, int]:
+def validate(params: PyTree, mask_cfg: Any, *, pooling: str = "mean",
+             layout: Layout | None = None) -> dict[str, int]:
   """Checks a mask config against (abstract) params without computing anything.
 
   Args:
@@ -245,4 +251,13 @@ def validate(params: PyTree, mask_cfg: Any, *, pooling: str = "mean") -> dict[st
     params = jax.eval_shape(
         lambda p: add_lora(p, mask_cfg.lora_rank, mask_cfg.lora_alpha, mask_cfg.lora_targets,
                            jax.random.PRNGKey(0)), _as_dict(params))
-  return count(params, labels_from_config(params, mask_cfg, pooling=pooling))
+  return count(params, labels_from_config(params, mask_cfg, pooling=pooling, layout=layout))
+
+
+# Training-only params (research/losses.py init_projections) that the model itself never reads.
+TRAINING_ONLY = ("kd_proj",)
+
+
+def model_params(params: PyTree) -> dict:
+  """The params the model itself uses: LoRA folded in, training-only extras off."""
+  return {k: v for k, v in merge_lora(params).items() if k not in TRAINING_ONLY}

@@ -611,6 +611,26 @@ def _latency_phrase(r: dict[str, Any], accel: Sequence[str]) -> str:
   return s
 
 
+def _q_quality(r: dict[str, Any]) -> str:
+  s = f"{r['method']} {fmt_pm(r['accuracy_mean'], r['accuracy_std'], r['n_seeds'])} acc"
+  if not r["is_teacher"] and _ok(r["retention_vs_teacher"]):
+    s += f" ({_fmt_pct(r['retention_vs_teacher'])} of teacher)"
+  return s
+
+
+def _q_params(r: dict[str, Any]) -> str:
+  return f"{fmt_count(r['params_total'])} params, {fmt_count(r['params_trainable'])} trained"
+
+
+def _q_data(r: dict[str, Any]) -> str:
+  return (f"{r['method']}: {fmt_count(r['labeled_examples'])} labeled + "
+          f"{fmt_count(r['unlabeled_examples'])} unlabeled examples")
+
+
+def _q_cost(r: dict[str, Any]) -> str:
+  return f"{r['method']}: {fmt_flops(r['train_flops'])} / {fmt_seconds(r['train_seconds'])}"
+
+
 def qualitative_markdown(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]]) -> str:
   """The fine-tuning vs distillation table, each row backed by the measured evidence per task."""
   accel = _accel_backends(rows)
@@ -626,54 +646,37 @@ def qualitative_markdown(rows: Sequence[dict[str, Any]], records: Sequence[dict[
     kd_rows = [r for r in rs if r["kind"] == "distill"]
     ft = teacher if teacher is not None and teacher["kind"] != "distill" else _best(ft_rows)
     kd = _best(kd_rows)
-
-    def quality(r: dict[str, Any]) -> str:
-      s = f"{r['method']} {fmt_pm(r['accuracy_mean'], r['accuracy_std'], r['n_seeds'])} acc"
-      if not r["is_teacher"] and _ok(r["retention_vs_teacher"]):
-        s += f" ({_fmt_pct(r['retention_vs_teacher'])} of teacher)"
-      return s
-
-    def params(r: dict[str, Any]) -> str:
-      return f"{fmt_count(r['params_total'])} params, {fmt_count(r['params_trainable'])} trained"
-
-    def data(r: dict[str, Any]) -> str:
-      return (f"{r['method']}: {fmt_count(r['labeled_examples'])} labeled + "
-              f"{fmt_count(r['unlabeled_examples'])} unlabeled examples")
-
-    def cost(r: dict[str, Any]) -> str:
-      return f"{r['method']}: {fmt_flops(r['train_flops'])} / {fmt_seconds(r['train_seconds'])}"
-
     table = {
         "Main goal": (
             "Adapt a pretrained model to the domain task; size unchanged.",
             "Compress a fine-tuned teacher into a smaller, faster student.",
-            (f"{ft['method']}: {params(ft)}" if ft else ""),
-            (f"{kd['method']}: {params(kd)}" + (
+            (f"{ft['method']}: {_q_params(ft)}" if ft else ""),
+            (f"{kd['method']}: {_q_params(kd)}" + (
                 f" ({_fmt_pct(_ratio(kd['params_total'], teacher['params_total']))} of the teacher's)"
                 if teacher and _ok(kd["params_total"]) and _ok(teacher["params_total"]) else "")
              if kd else "")),
         "Best suited for": (
             "Best quality when labels are plentiful and model size is acceptable.",
             "Deployment under latency/memory budgets; few labels but unlabeled text.",
-            (f"most accurate fine-tuned: {quality(_best(ft_rows))}" if ft_rows else ""),
+            (f"most accurate fine-tuned: {_q_quality(_best(ft_rows))}" if ft_rows else ""),
             (f"student vs control: {_kd_regimes([d for d in diffs if (d['domain'], d['task']) == (domain, task)])}"
              if any((d["domain"], d["task"]) == (domain, task) for d in diffs)
              else "no student-vs-control runs for this task")),
         "Data required": (
             "Labeled task data.",
             "A teacher plus a transfer set (labels optional).",
-            data(ft) if ft else "",
-            (data(kd) + (f"; the teacher used {fmt_count(teacher['labeled_examples'])} labeled"
+            _q_data(ft) if ft else "",
+            (_q_data(kd) + (f"; the teacher used {fmt_count(teacher['labeled_examples'])} labeled"
                          if teacher else "")) if kd else ""),
         "Output quality": (
             "The reference quality.",
             "Close to the teacher, below it when the student is much smaller.",
-            "; ".join(quality(r) for r in ft_rows), "; ".join(quality(r) for r in kd_rows)),
+            "; ".join(_q_quality(r) for r in ft_rows), "; ".join(_q_quality(r) for r in kd_rows)),
         "Cost": (
             "One training run of the full model.",
             "Teacher training, plus teacher forward passes, plus student training.",
-            cost(ft) if ft else "",
-            (cost(kd) + (f"; teacher forward adds {fmt_flops(kd['teacher_flops'])}"
+            _q_cost(ft) if ft else "",
+            (_q_cost(kd) + (f"; teacher forward adds {fmt_flops(kd['teacher_flops'])}"
                          if _ok(kd["teacher_flops"]) else "")
              + (f"; after the teacher's own {fmt_flops(teacher['train_flops'])}"
                 if teacher and teacher is not kd else "")) if kd else ""),

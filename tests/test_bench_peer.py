@@ -19,7 +19,7 @@ def test_bench_peer_writes_our_numbers_without_the_peer(tmp_path):
       "bert", None, num_labels=3, random_init=True, rng=jax.random.PRNGKey(0),
       overrides=dict(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64,
                      vocab_size=2000))
-  hf.save_hf(params, cfg, tmp_path / "tiny", family="bert")
+  registry.save_hf(params, cfg, tmp_path / "tiny", family="bert")
   out = tmp_path / "bench"
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.bench_peer", f"--source={tmp_path / 'tiny'}",

@@ -13,9 +13,12 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from configs import smoke
 from research import distill
 from research import train
+from research.data import synthetic
+from research.tasks import classification
 
 TEACHER_LAYERS = 4
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -42,7 +45,8 @@ def kd_run(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path, dict]:
   """run_with_teacher from scratch: fine-tunes the teacher, then distils a 2-layer student."""
   root = tmp_path_factory.mktemp("kd")
   teacher, student = root / "teacher", root / "student"
-  record = distill.run_with_teacher(_student_config(student, teacher))
+  record = distill.run_with_teacher(_student_config(student, teacher), train.run,
+                                   teacher_config=common.teacher_config)
   return teacher, student, record
 
 
@@ -91,12 +95,12 @@ def test_run_with_teacher_skips_a_finished_teacher(teacher, tmp_path):
   calls = []
   runner = lambda c: calls.append(c) or {"workdir": c.workdir}
   config = _student_config(tmp_path / "student", teacher)
-  assert distill.run_with_teacher(config, runner) == {"workdir": config.workdir}
+  assert distill.run_with_teacher(config, runner, teacher_config=common.teacher_config) == {"workdir": config.workdir}
   assert [c.workdir for c in calls] == [config.workdir]
 
   calls.clear()  # an unfinished teacher (here: none at all) is fine-tuned first
   config = _student_config(tmp_path / "student", tmp_path / "new_teacher")
-  distill.run_with_teacher(config, runner)
+  distill.run_with_teacher(config, runner, teacher_config=common.teacher_config)
   assert [c.workdir for c in calls] == [str(tmp_path / "new_teacher"), config.workdir]
   assert not distill.is_distillation(calls[0]) and calls[0].mask.rule == "full"
   assert config.distill.teacher == str(tmp_path / "new_teacher")  # the caller's config unchanged
@@ -107,11 +111,11 @@ def test_run_with_teacher_rejects_teachers_it_cannot_train(teacher, tmp_path):
   config = _student_config(tmp_path / "student", "")
   config.distill.teachers = (str(teacher), str(tmp_path / "missing"))
   with pytest.raises(FileNotFoundError, match="missing.*fine-tune each teacher"):
-    distill.run_with_teacher(config, runner)
+    distill.run_with_teacher(config, runner, teacher_config=common.teacher_config)
   config = _student_config(tmp_path / "student", tmp_path / "missing")
   config.distill.student_init = "fresh"
   with pytest.raises(ValueError, match="config.model describes the student"):
-    distill.run_with_teacher(config, runner)
+    distill.run_with_teacher(config, runner, teacher_config=common.teacher_config)
 
 
 def test_cli_loads_the_phrasebank_config_and_fails_fast(tmp_path):
@@ -173,7 +177,7 @@ def _fake_dataset(monkeypatch, n: int = 40):
   from research.checkpoints import hf
   from research.data import pipeline
 
-  split = train.synthetic_split(n, num_classes=4, vocab_size=128, max_length=8, seed=0)
+  split = synthetic.synthetic_split(n, num_classes=4, vocab_size=128, max_length=8, seed=0)
   records = [{"id": i, "text": "", "label": int(l)} for i, l in zip(split.ids, split.labels)]
   meta = ml_collections.ConfigDict(dict(num_classes=4, label_names=("a", "b", "c", "d"),
                                         multilabel=False))
@@ -185,7 +189,7 @@ def _fake_dataset(monkeypatch, n: int = 40):
 
 
 def test_keep_unlabeled_marks_the_rest_minus_one(monkeypatch):
-  """`_load_data` with label_fraction < 1: dropped labels become -1 (keep) or rows go (drop)."""
+  """The classification task with label_fraction < 1: dropped labels become -1 (keep) or rows go (drop)."""
   from research.data import pipeline
 
   n = 40
@@ -196,17 +200,17 @@ def test_keep_unlabeled_marks_the_rest_minus_one(monkeypatch):
   c.data.name, c.data.config = "fake", ""
   c.data.label_fraction = 0.25
   c.data.keep_unlabeled = True
-  splits, info = train._load_data(c, None)  # pylint: disable=protected-access
-  kept = splits["train"]
-  assert len(kept) == n and info["num_classes"] == 4
-  assert train._labeled_count(kept) == len(labeled) < n  # pylint: disable=protected-access
+  task = classification.build(c, None)
+  kept = task.splits["train"]
+  assert len(kept) == n and classification.num_outputs(c) == 4
+  assert task.labeled_count("train") == len(labeled) < n
   np.testing.assert_array_equal(np.flatnonzero(kept.labels >= 0), labeled)
   np.testing.assert_array_equal(kept.labels[labeled], split.labels[labeled])
   assert set(np.unique(kept.labels[kept.labels < 0])) == {-1}
   assert (split.labels >= 0).all()  # the loaded split itself is untouched
 
   c.data.keep_unlabeled = False
-  dropped = train._load_data(c, None)[0]["train"]  # pylint: disable=protected-access
+  dropped = classification.build(c, None).splits["train"]
   assert len(dropped) == len(labeled)
   np.testing.assert_array_equal(dropped.labels, split.labels[labeled])
 

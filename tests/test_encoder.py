@@ -31,7 +31,7 @@ def golden():
 
 @pytest.fixture(scope="module")
 def minilm():
-  return hf.load_hf(MINILM)
+  return registry.load_hf(MINILM)
 
 
 def _unit(x):

@@ -29,7 +29,8 @@ KILLED_RUN = textwrap.dedent("""
     config.workdir = ref_dir
     train.run(config)
 
-    make = train.make_train_step
+    from research.train import step as step_lib
+    make = step_lib.make_train_step
     def make_hanging(*args, **kw):
       step = make(*args, **kw)
       calls = [0]
@@ -42,7 +43,7 @@ KILLED_RUN = textwrap.dedent("""
           time.sleep(600)
         return out
       return hanging
-    train.make_train_step = make_hanging
+    step_lib.make_train_step = make_hanging
     config = smoke.get_config()
     config.workdir = workdir
     train.run(config)
@@ -130,9 +131,10 @@ NAN_RUN = textwrap.dedent("""
     import jax.numpy as jnp
     from configs import smoke
     from research import train
+    from research.train import optim
 
-    good = train.make_schedule
-    train.make_schedule = lambda o, n: lambda s: jnp.where(s >= 3, jnp.nan, good(o, n)(s))
+    good = optim.make_schedule
+    optim.make_schedule = lambda o, n: lambda s: jnp.where(s >= 3, jnp.nan, good(o, n)(s))
     config = smoke.get_config()
     config.workdir = sys.argv[1]
     config.train.checkpoint_every = 2
@@ -159,7 +161,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (dict(mask__rule="last_k", mask__k=3), r"mask.k=3 but the encoder has 2 layers"),
+    (dict(mask__rule="last_k", mask__k=3), r"mask.k=3 but the model has 2 layers"),
     (dict(mask__rule="regex", mask__regex="no_such_param"), r"matches no parameter"),
     (dict(mask__rule="lora", mask__lora_targets="attn/nothing"), r"matches no 2-D kernel"),
     (dict(train__parallel="pjit"), r"train.parallel"),

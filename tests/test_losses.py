@@ -313,8 +313,8 @@ def test_combined_loss_sums_weighted_terms_and_jits():
                                                              student, teacher, batch)
   np.testing.assert_allclose(loss, 0.3 * m["loss/ce"] + 0.7 * m["loss/kd_kl"], rtol=1e-6)
   assert "loss/hidden_mse" not in m and "ce/accuracy" in m and "kd_kl/kl" in m
-  assert losses.required_outputs(weights) == {"teacher"}
-  assert losses.required_outputs({"ce": 1.0}) == frozenset()
+  assert losses.required_outputs(weights) == {"teacher", "labels"}
+  assert losses.required_outputs({"ce": 1.0}) == {"labels"}
   assert losses.required_outputs({"hidden_mse": 1, "attn_kl": 1}) == {
       "teacher", "hidden_states", "attentions"}
 
@@ -342,3 +342,18 @@ def test_combined_loss_errors_are_clear():
   with pytest.raises(ValueError, match="needs batch\\['label'\\]"):
     losses.combined_loss({"ce": 1.0}, student_out=student,
                          batch={k: v for k, v in batch.items() if k != "label"})
+
+
+def test_each_loss_declares_whether_it_reads_labels():
+  """The labeled-data column reads the losses' own declaration, not a hard-coded name list."""
+  assert losses.reads_labels({"ce": 0.5, "kd_kl": 0.5})
+  assert not losses.reads_labels({"ce": 0.0, "kd_kl": 1.0})
+  assert not losses.reads_labels({"labels_only": 1.0})  # the teacher's labels, not ground truth
+  def focal(*, student_out, batch, **_):
+    return losses.cross_entropy(logits_BxC=student_out["logits"], labels_B=batch["label"],
+                                valid_B=batch["valid"])
+  losses.register("test_focal", focal, requires=("labels",))
+  try:
+    assert losses.reads_labels({"test_focal": 1.0})
+  finally:
+    del losses.LOSSES["test_focal"]

@@ -73,7 +73,7 @@ def test_last_k_count_matches_hand_count():
 
 
 @pytest.mark.parametrize("rule,kw,match", [
-    ("last_k", dict(k=7), r"mask.k=7 but the encoder has 6 layers"),
+    ("last_k", dict(k=7), r"mask.k=7 but the model has 6 layers"),
     ("last_k", dict(k=-1), r"mask.k=-1"),
     ("regex", dict(regex=r"no_such_module"), r"matches no parameter"),
     ("regex", dict(regex=""), r"needs a pattern"),
@@ -125,6 +125,8 @@ TRAIN_EVERY_RULE = textwrap.dedent("""
     import jax, ml_collections, numpy as np
     from research import masking, train
     from research.models.encoder import EncoderClassifier, EncoderConfig
+    from research.models import registry
+    from research.tasks import classification
 
     cfg = EncoderConfig(vocab_size=64, hidden_size=16, num_layers=2, num_heads=2,
                         intermediate_size=32, max_position_embeddings=16, num_labels=3,
@@ -148,7 +150,7 @@ TRAIN_EVERY_RULE = textwrap.dedent("""
       before = {p: np.array(x) for p, x in masking.flatten(params).items()}
       tx, _ = train.make_optimizer(optim, labels, 4)
       state = train.place_state(train.create_train_state(params, tx, jax.random.PRNGKey(2)), "jit")
-      step = train.make_train_step(train.classification_loss_fn(model), tx, trainable=labels)
+      step = train.make_train_step(classification.loss_fn(registry.get_family("bert").bind(model)), tx, trainable=labels)
       for _ in range(3):
         state, _ = step(state, batch)
       after = jax.device_get(masking.flatten(state.params))

@@ -11,6 +11,8 @@ import pytest
 
 from research import metrics as metrics_lib
 from research import train
+from research.models import registry
+from research.tasks import classification
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,6 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUP = textwrap.dedent("""
     import jax, ml_collections, numpy as np
     from research import masking, train
+    from research.models import registry
+    from research.tasks import classification
     from research.models.encoder import EncoderClassifier, EncoderConfig
 
     CFG = EncoderConfig(vocab_size=64, hidden_size=16, num_layers=2, num_heads=2,
@@ -52,7 +56,7 @@ SETUP = textwrap.dedent("""
       mesh = train.make_mesh(devices) if parallel == "jit" else None
       state = train.create_train_state(params, tx, jax.random.PRNGKey(1))
       state = train.place_state(state, parallel, mesh)
-      step = train.make_train_step(train.classification_loss_fn(model), tx, grad_accum=grad_accum,
+      step = train.make_train_step(classification.loss_fn(registry.get_family("bert").bind(model)), tx, grad_accum=grad_accum,
                                    parallel=parallel, mesh=mesh, trainable=labels,
                                    learning_rate_fn=sched)
       out = []

