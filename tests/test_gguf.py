@@ -106,6 +106,27 @@ def test_q8_0_round_trip_is_close(tmp_path):
   assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("cfg", [tiny(), tiny(arch="qwen2", attention_bias=True,
+                                               tie_word_embeddings=False, head_dim=16)],
+                         ids=["llama_tied", "qwen2_untied_hd16"])
+def test_save_gguf_round_trip(tmp_path, cfg):
+  params = jax.tree_util.tree_map(np.asarray, decoder.init_params(cfg, jax.random.PRNGKey(2)))
+  path = gguf_ckpt.save_gguf(params, cfg, tmp_path / "out.gguf")
+  cfg2, got = gguf_ckpt.load_gguf(path)
+  assert cfg2 == cfg.replace(initializer_range=0.02)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, got)
+  # Q8_0: 2-D tensors quantized (rows of 32), norms exact; a template's tokenizer fields copied.
+  template = write_gguf(tmp_path / "t.gguf", cfg, params, Q.F32)
+  _, got8 = gguf_ckpt.load_gguf(gguf_ckpt.save_gguf(params, cfg, tmp_path / "q8.gguf",
+                                                    qtype="Q8_0", template=template))
+  k, k8 = (p["decoder"]["layer_0"]["attn"]["k"]["kernel"] for p in (params, got8))
+  assert 0 < np.abs(k - k8).max() <= np.abs(k).max() / 127
+  np.testing.assert_array_equal(got8["decoder"]["final_norm"]["scale"],
+                                params["decoder"]["final_norm"]["scale"])
+  fields = gguf.GGUFReader(str(tmp_path / "q8.gguf")).fields
+  assert fields["tokenizer.ggml.eos_token_id"].contents() == 2
+
+
 def test_unsupported_architecture(tmp_path):
   w = gguf.GGUFWriter(str(tmp_path / "x.gguf"), arch="gpt2")
   w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))

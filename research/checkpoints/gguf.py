@@ -1,4 +1,4 @@
-"""GGUF (llama.cpp) files -> (DecoderConfig, params); model source resolution for GGUF names.
+"""GGUF (llama.cpp) files <-> (DecoderConfig, params); model source resolution for GGUF names.
 
 Tensors are dequantized to f32 with `gguf.quants.dequantize` (F32/F16/BF16, Q4_0/Q4_1/Q5_0/Q8_0,
 the K-quants, ...). llama.cpp's converter interleaves the rows of q/k for llama-arch models (its
@@ -18,7 +18,7 @@ import importlib.metadata
 import os
 import pathlib
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -235,3 +235,95 @@ def _check_shapes(params: Params, cfg: DecoderConfig, where: Any) -> None:
                        "layers).")
     if tuple(got[k]) != tuple(shape):
       raise ValueError(f"{where}: {k} has shape {tuple(got[k])}, expected {tuple(shape)}.")
+
+
+def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+  """llama.cpp's q/k row permutation (inverse of `_unpermute`)."""
+  d = w.shape[0] // n_head // 2
+  return w.reshape(n_head, 2, d, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def save_gguf(params: Params, cfg: DecoderConfig, path: str | os.PathLike[str], *,
+              qtype: str = "F32", template: str | os.PathLike[str] | None = None,
+              name: str = "research-decoder") -> pathlib.Path:
+  """Writes (cfg, params) as a llama.cpp-layout GGUF (inverse of `load_gguf`).
+
+  Args:
+    params, cfg: decoder params (numpy or jnp) and config.
+    path: output .gguf file.
+    qtype: type of the 2-D tensors: "F32", "F16", "BF16" or "Q8_0" (Q8_0 falls back to F16 for a
+      tensor whose rows are not a multiple of 32); norms and biases stay F32, as llama.cpp's.
+    template: a GGUF source whose tokenizer.* metadata (vocab, merges, chat template, special
+      ids) is copied, so llama.cpp / transformers can tokenize; without it, only bos/eos ids.
+    name: general.name.
+
+  Returns:
+    The written path.
+  """
+  import gguf  # pylint: disable=g-import-not-at-top
+  if cfg.rope_scaling:
+    raise ValueError("save_gguf: RoPE scaling (rope_freqs) is not supported.")
+  q = gguf.GGMLQuantizationType[qtype]
+  path = pathlib.Path(path)
+  w = gguf.GGUFWriter(str(path), arch=cfg.arch)
+  w.add_name(name)
+  w.add_block_count(cfg.num_layers)
+  w.add_context_length(cfg.max_position_embeddings)
+  w.add_embedding_length(cfg.hidden_size)
+  w.add_feed_forward_length(cfg.intermediate_size)
+  w.add_head_count(cfg.num_heads)
+  w.add_head_count_kv(cfg.num_kv_heads)
+  if cfg.head_dim * cfg.num_heads != cfg.hidden_size:
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+  w.add_rope_dimension_count(cfg.head_dim)
+  w.add_rope_freq_base(cfg.rope_theta)
+  w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+  w.add_vocab_size(cfg.vocab_size)
+  if template is not None:
+    reader = gguf.GGUFReader(str(resolve_gguf(template)))
+    for key, f in reader.fields.items():
+      if key.startswith("tokenizer."):
+        sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, f.contents(), f.types[0], sub_type=sub)
+  else:
+    for key, value in (("bos", cfg.bos_token_id), ("eos", cfg.eos_token_id),
+                       ("padding", cfg.pad_token_id)):
+      if value is not None:
+        w.add_uint32(f"tokenizer.ggml.{key}_token_id", int(value))
+
+  inv_layer = {v: k for k, v in _LAYER.items()}
+  out = [("token_embd.weight", params["decoder"]["embed"]["embedding"], False)]
+  for i in range(cfg.num_layers):
+    layer = params["decoder"][f"layer_{i}"]
+    for our, gg in sorted(inv_layer.items(), key=lambda kv: kv[1]):
+      node = layer
+      for key in our:
+        node = node.get(key) if isinstance(node, Mapping) else None
+        if node is None:
+          break
+      if node is not None:
+        out.append((f"blk.{i}.{gg}", node, our[-1] == "kernel"))
+  out.append(("output_norm.weight", params["decoder"]["final_norm"]["scale"], False))
+  if not cfg.tie_word_embeddings:
+    out.append(("output.weight", params["lm_head"]["kernel"], True))
+  for tname, x, transpose in out:
+    x = np.asarray(x, np.float32)
+    x = np.ascontiguousarray(x.T if transpose else x)  # HF (out, in) = reversed GGUF shape
+    if cfg.arch == "llama" and re.search(r"\.attn_[qk]\.", tname):
+      x = _permute(x, cfg.num_heads if ".attn_q." in tname else cfg.num_kv_heads)
+    tq = q if x.ndim == 2 else gguf.GGMLQuantizationType.F32
+    if tq == gguf.GGMLQuantizationType.Q8_0 and x.shape[-1] % 32:
+      tq = gguf.GGMLQuantizationType.F16
+    if tq == gguf.GGMLQuantizationType.F32:
+      w.add_tensor(tname, x)
+    elif tq == gguf.GGMLQuantizationType.F16:
+      w.add_tensor(tname, x.astype(np.float16))
+    else:
+      w.add_tensor(tname, gguf.quants.quantize(x, tq), raw_dtype=tq)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+  return path
