@@ -1,6 +1,6 @@
 """Prefill and decode speed (tokens/s) of our decoder + generation loop on this machine's backend.
 
-  python -m experiments.bench_decoder                       # SmolLM2-135M, batch 1 and 8, f32 and bf16
+  python -m experiments.bench_decoder      # SmolLM2-135M, batch 1 and 8, f32 and bf16
   python -m experiments.bench_decoder --source=qwen2.5-coder-0.5b-instruct --prompt_len=256
 
 Prefill: one jitted forward over B×P prompt tokens writing the KV cache (tok/s = B·P / time).

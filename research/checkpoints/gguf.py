@@ -155,7 +155,7 @@ def config_from_metadata(reader: Any, tensor_names: set[str], vocab_rows: int) -
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-  """Inverse of llama.cpp's q/k row permutation (rows grouped per head as (hd/2, 2) -> (2, hd/2))."""
+  """Inverse of llama.cpp's q/k row permutation (per head, rows (hd/2, 2) -> (2, hd/2))."""
   d = w.shape[0] // n_head // 2
   return w.reshape(n_head, d, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 

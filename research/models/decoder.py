@@ -11,7 +11,8 @@ Params layout (mask rules read it; '/'-joined paths, see `layer_paths`):
                              "attn": {"q": {"kernel": D×(H·hd), "bias"?}, "k": {...}, "v": {...},
                                       "o": {"kernel": (H·hd)×D}},
                              "mlp_norm": {"scale": D},
-                             "mlp": {"gate": {"kernel": D×F}, "up": {...}, "down": {"kernel": F×D}}},
+                             "mlp": {"gate": {"kernel": D×F}, "up": {...},
+                                     "down": {"kernel": F×D}}},
                "final_norm": {"scale": D}},
    "lm_head": {"kernel": D×V}}   # only when not tie_word_embeddings
 
@@ -204,7 +205,11 @@ def default_positions(attention_mask_BxL: Array, offset_B: Array | None = None) 
 
 
 def init_cache(cfg: DecoderConfig, batch: int, max_len: int, dtype: Any = None) -> dict[str, Any]:
-  """An empty dense KV cache for `batch` rows of up to `max_len` tokens (prompt + generated)."""
+  """An empty dense KV cache for `batch` rows of up to `max_len` tokens (prompt + generated).
+
+  k/v are stored in `dtype` (default the compute dtype). The caller keeps index + L <= max_len
+  (an overflowing write is clamped by XLA, not reported).
+  """
   dtype = cfg.compute_dtype if dtype is None else dtype
   kv = lambda: jnp.zeros((batch, max_len, cfg.num_kv_heads, cfg.head_dim), dtype)
   cache = {f"layer_{i}": {"k": kv(), "v": kv()} for i in range(cfg.num_layers)}
@@ -322,7 +327,7 @@ class Layer(nn.Module):
 
 
 class DecoderStack(nn.Module):
-  """Embedding, layers, final norm; the tied output projection (`embed.attend`) lives here."""
+  """Embedding, layers, final norm; the tied output projection (h @ embeddingᵀ) lives here."""
   cfg: DecoderConfig
 
   @nn.compact
