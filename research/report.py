@@ -59,7 +59,7 @@ def load_records(results: str | os.PathLike[str] | Sequence[dict[str, Any]]) -> 
       or a list of records), a `.json` file (record or list) or `.jsonl` file, or a list of dicts.
 
   Returns:
-    list of record dicts, each checked for domain, task, method and metrics.test.accuracy. Fields
+    list of record dicts, each checked for domain, task, method and its primary test metric. Fields
     missing at the top level are taken from the run config (`config.tags.{domain, task, method,
     series, is_teacher}`, `config.seed`, `config.data.label_fraction`).
   """
@@ -96,9 +96,11 @@ def load_records(results: str | os.PathLike[str] | Sequence[dict[str, Any]]) -> 
       if not rec.get(key):
         raise ValueError(f"load_records: record in {src} has no {key!r}; every result record needs "
                          "domain, task and method (docs/ARCHITECTURE.md).")
-    if _num(_get(rec, "metrics.test.accuracy")) is None:
+    primary = rec.get("primary_metric") or "accuracy"  # records before tasks named it: accuracy
+    if _num(_get(rec, f"metrics.test.{primary}")) is None:
       raise ValueError(f"load_records: record in {src} ({rec['method']}) has no "
-                       "metrics.test.accuracy; write the test metrics into the record.")
+                       f"metrics.test.{primary} (its primary metric); write the test metrics into "
+                       "the record.")
   _check_duplicates(records)
   return records
 

@@ -145,3 +145,26 @@ def test_data_efficiency_cells_skip_the_main_runs_full_label_point():
   assert by_name["phrasebank_allagree/control/frac0.05/seed0"].train.steps_from_full_data
   assert not by_name["phrasebank_allagree/student/frac0.05/seed0"].train.steps_from_full_data
   assert not by_name["phrasebank_allagree/finetune_full/seed0"].train.steps_from_full_data
+
+
+def test_a_new_method_is_one_config_entry():
+  """A table row = one method entry: the grid builds its cell with no code change."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  g = smoke_grid.get_config()
+  g.method_defs.kd_reverse = ml_collections.ConfigDict({
+      "run": {"distill": {"student_init": "layers", "student_layers": (0, 3),
+                          "losses": {"ce": 0.5, "kd_reverse_kl": 0.5}}},
+      "teachers": ("finetune_full",), "is_teacher": False})
+  g.methods = ("finetune_full", "kd_reverse")
+  cell = {c.method: c for c in grid_lib.cells(g)}["kd_reverse"]
+  assert cell.teachers == ("synthetic/finetune_full/seed0",)
+  assert cell.config.distill.losses.to_dict() == {"ce": 0.5, "kd_reverse_kl": 0.5}
+  assert cell.config.distill.student_layers == (0, 3)
+  assert cell.config.distill.teacher.endswith("synthetic/finetune_full/seed0")
+
+
+def test_shared_method_knobs_reach_every_method_that_uses_them():
+  g = smoke_grid.get_config()
+  g.methods_cfg.alpha = 0.8
+  by = {c.method: c.config for c in grid_lib.cells(g)}
+  assert by["kd_soft"].distill.losses.to_dict() == pytest.approx({"ce": 0.2, "kd_kl": 0.8})

@@ -19,6 +19,8 @@ import numpy as np
 
 from research import cost
 from research.checkpoints import hf
+from research.checkpoints import hf_decoder
+from research.models import decoder
 from research.models import encoder
 from research.models import layout as layout_lib
 
@@ -114,6 +116,48 @@ register_family(Family(
     shape_key=encoder.shape_key,
     shape_fields=("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                   "max_position_embeddings", "type_vocab_size"),
+))
+
+
+# ---------------------------------------------------------------------------------------------
+# The Llama / Qwen2 decoder family (research/models/decoder.py).
+
+
+def _decoder_layout(cfg: Any = None) -> layout_lib.Layout:
+  """Mask layout: the "head" is the final norm and an untied lm_head. Tied embeddings (SmolLM2's
+  output projection) stay frozen unless a rule asks for them (`regex`)."""
+  del cfg
+  return layout_lib.Layout(layer=r"^decoder/layer_(\d+)/", head=r"^(lm_head|decoder/final_norm)/",
+                           norm=r"_norm/scale$", embedding=r"^decoder/embed/",
+                           layer_format="decoder/layer_{i}")
+
+
+def _decoder_apply(module: Any, params: Any, batch: Mapping[str, Any], *,
+                   deterministic: bool = True, rng: Any = None, outputs: Sequence[str] = ()) -> dict:
+  del deterministic, rng  # these decoders have no dropout
+  return module.apply({"params": params}, batch["input_ids"], batch.get("attention_mask"),
+                      positions_BxL=batch.get("positions"),
+                      output_hidden_states="hidden_states" in outputs)
+
+
+def _decoder_shape_key(model: Mapping[str, Any]) -> str:
+  return ("dec-L{num_layers}-D{hidden_size}-H{num_heads}-KV{num_kv_heads}-F{intermediate_size}"
+          "-V{vocab_size}").format(**model)
+
+
+register_family(Family(
+    name="llama",
+    config_cls=decoder.DecoderConfig,
+    classifier=decoder.Decoder,
+    backbone=decoder.Decoder,
+    hf_model_types=("llama", "qwen2"),
+    from_hf=hf_decoder.decoder_from_hf,
+    to_hf=hf_decoder.decoder_to_hf,
+    apply=_decoder_apply,
+    layout=_decoder_layout,
+    analytic_flops=decoder.analytic_flops,
+    shape_key=_decoder_shape_key,
+    shape_fields=decoder.SHAPE_FIELDS,
 ))
 
 
