@@ -88,6 +88,7 @@ def test_f32_round_trip_is_exact(tmp_path, cfg):
   cfg2, got = gguf_ckpt.load_gguf(write_gguf(tmp_path / "m.gguf", cfg, params, Q.F32))
   assert cfg2 == cfg.replace(bos_token_id=1, eos_token_id=2, pad_token_id=None,
                             initializer_range=0.02)  # not stored in GGUF
+  assert gguf_ckpt.load_gguf_config(tmp_path / "m.gguf") == cfg2
   emb = params["decoder"]["embed"]["embedding"]
   np.testing.assert_array_equal(got["decoder"]["embed"]["embedding"],
                                 emb.astype(np.float16).astype(np.float32))

@@ -154,6 +154,15 @@ def config_from_metadata(reader: Any, tensor_names: set[str], vocab_rows: int) -
   )
 
 
+def load_gguf_config(source: str | os.PathLike[str]) -> DecoderConfig:
+  """The DecoderConfig of a GGUF source, from its metadata alone (no tensor is dequantized)."""
+  import gguf  # pylint: disable=g-import-not-at-top
+  reader = gguf.GGUFReader(str(resolve_gguf(source)))
+  names = {t.name: t for t in reader.tensors}
+  emb = names.get("token_embd.weight")
+  return config_from_metadata(reader, set(names), int(emb.shape[-1]) if emb is not None else 0)
+
+
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
   """Inverse of llama.cpp's q/k row permutation (per head, rows (hd/2, 2) -> (2, hd/2))."""
   d = w.shape[0] // n_head // 2

@@ -331,9 +331,11 @@ class DecoderStack(nn.Module):
   cfg: DecoderConfig
 
   @nn.compact
-  def __call__(self, input_ids_BxL, attention_mask_BxL, positions_BxL, cache):
+  def __call__(self, input_ids_BxL, attention_mask_BxL=None, positions_BxL=None, cache=None):
     cfg = self.cfg
-    B, L = input_ids_BxL.shape
+    L = input_ids_BxL.shape[1]
+    if attention_mask_BxL is None:
+      attention_mask_BxL = jnp.ones_like(input_ids_BxL)
     embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=jnp.float32, dtype=jnp.float32,
                      embedding_init=nn.initializers.normal(cfg.initializer_range), name="embed")
     mask_BxL = attention_mask_BxL.astype(jnp.int32)
