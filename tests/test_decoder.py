@@ -296,3 +296,14 @@ def test_hf_sharded_bf16_folder(tmp_path):
   assert cfg2 == cfg
   bf = lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(bf(a), b), p, p2)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_last_logits_only(tied):
+  cfg = tiny(tie_word_embeddings=tied)
+  p = params_for(cfg)
+  ids = ids_for(cfg, (2, 6))
+  m = decoder.Decoder(cfg)
+  last = m.apply({"params": p}, ids, last_logits_only=True)["logits"]
+  assert last.shape == (2, 1, 97)
+  np.testing.assert_allclose(last[:, 0], logits(cfg, p, ids)["logits"][:, -1], atol=1e-5)

@@ -331,7 +331,8 @@ class DecoderStack(nn.Module):
   cfg: DecoderConfig
 
   @nn.compact
-  def __call__(self, input_ids_BxL, attention_mask_BxL=None, positions_BxL=None, cache=None):
+  def __call__(self, input_ids_BxL, attention_mask_BxL=None, positions_BxL=None, cache=None,
+               last_logits_only=False):
     cfg = self.cfg
     L = input_ids_BxL.shape[1]
     if attention_mask_BxL is None:
@@ -365,7 +366,9 @@ class DecoderStack(nn.Module):
     hidden[-1] = h_BxLxD  # as HF: the last hidden state is the normed one
     out = {"last_hidden_state": h_BxLxD, "hidden_states": tuple(hidden)}
     if cfg.tie_word_embeddings:
-      out["logits"] = jnp.matmul(h_BxLxD, embed.embedding.T, preferred_element_type=jnp.float32)
+      h_for_logits = h_BxLxD[:, -1:] if last_logits_only else h_BxLxD
+      out["logits"] = jnp.matmul(h_for_logits, embed.embedding.T,
+                                 preferred_element_type=jnp.float32)
     if cache is not None:
       new_cache.update(mask=key_mask_BxS, index=index + L,
                        positions=cache["positions"] + jnp.sum(mask_BxL, axis=1))
@@ -380,7 +383,8 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, input_ids: Array, attention_mask: Array | None = None,
                positions_BxL: Array | None = None, output_hidden_states: bool = False,
-               cache: dict[str, Any] | None = None) -> dict[str, Any]:
+               cache: dict[str, Any] | None = None,
+               last_logits_only: bool = False) -> dict[str, Any]:
     """Runs the decoder.
 
     Args:
@@ -392,6 +396,8 @@ class Decoder(nn.Module):
         one after the final norm, as HF).
       cache: a KV cache from `init_cache` (or a previous call); this chunk is written at
         cache["index"].
+      last_logits_only: logits of the last position only (B×1×V): a prefill needs no more, and
+        B×L×V is the largest tensor of a long prompt.
 
     Returns:
       dict with "logits" f32 B×L×V, "last_hidden_state" f32 B×L×D, "hidden_states" when asked,
@@ -400,10 +406,12 @@ class Decoder(nn.Module):
     cfg = self.cfg
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
-    out = DecoderStack(cfg, name="decoder")(input_ids, attention_mask, positions_BxL, cache)
+    out = DecoderStack(cfg, name="decoder")(input_ids, attention_mask, positions_BxL, cache,
+                                            last_logits_only)
     if not cfg.tie_word_embeddings:
+      h_BxLxD = out["last_hidden_state"]
       out["logits"] = Dense(cfg.vocab_size, False, jnp.float32, cfg.initializer_range,
-                            name="lm_head")(out["last_hidden_state"])
+                            name="lm_head")(h_BxLxD[:, -1:] if last_logits_only else h_BxLxD)
     if not output_hidden_states:
       del out["hidden_states"]
     return out

@@ -107,7 +107,7 @@ def _compiled(cfg: DecoderConfig, s: SamplingConfig):
   def prefill(params, ids_BxP, mask_BxP, rng):
     B, P = ids_BxP.shape
     cache = init_cache(cfg, B, P + N)
-    out = model.apply({"params": params}, ids_BxP, mask_BxP, cache=cache)
+    out = model.apply({"params": params}, ids_BxP, mask_BxP, cache=cache, last_logits_only=True)
     state = {"t": jnp.zeros((), jnp.int32), "tokens": jnp.full((B, N), s.pad_id, jnp.int32),
              "logprobs": jnp.zeros((B, N), jnp.float32), "lengths": jnp.zeros((B,), jnp.int32),
              "done": jnp.zeros((B,), bool), "last": jnp.zeros((B,), jnp.int32),
