@@ -379,13 +379,13 @@ def evaluate_cell(lm: DecoderLM, tokenizer: gguf_tokenizer.GGUFTokenizer,
 # ---------------------------------------------------------------------------------------------
 # The grid driver.
 
-def reparse(record: dict[str, Any], task: prompts.PromptTask) -> dict[str, Any]:
+def reparse(record: dict[str, Any]) -> dict[str, Any]:
   """Re-parses a record's stored answers with the current parse_answer (no model run)."""
-  rows = record["predictions"]
+  rows, labels = record["predictions"], record["settings"]["prompt"]["labels"]
   for row in rows:
-    row["gen_pred"] = prompts.parse_answer(row["answer"], task.label_strings)
+    row["gen_pred"] = prompts.parse_answer(row["answer"], labels)
   record["metrics"]["generation"] = generation_metrics(
-      [r["gen_pred"] for r in rows], [r["label"] for r in rows], task.label_strings)
+      [r["gen_pred"] for r in rows], [r["label"] for r in rows], labels)
   record["parser_version"] = prompts.PARSER_VERSION
   return record
 
@@ -492,8 +492,6 @@ def run(config: Any) -> list[dict[str, Any]]:
         if path.exists():
           old = json.loads(path.read_text())
           if old.get("fingerprint") == fp:
-            if old.get("parser_version") != prompts.PARSER_VERSION:
-              _write_json(path, reparse(old, task))
             records.append(old)
             continue
           print(f"{path.name}: settings changed (fingerprint {old.get('fingerprint')} -> {fp}); "
@@ -524,8 +522,23 @@ def run(config: Any) -> list[dict[str, Any]]:
                               "backend": jax.default_backend()}}
         _write_json(path, record)
         records.append(record)
-  write_table(records, pathlib.Path(config.results_dir))
+  write_table(collect(cells_dir, config.models), pathlib.Path(config.results_dir))
   return records
+
+
+def collect(cells_dir: pathlib.Path, models: Sequence[str] = ()) -> list[dict[str, Any]]:
+  """Every cell record in `cells_dir` (other runs' too), answers re-parsed when the parser changed;
+  ordered by model (`models` first), task, k."""
+  records = []
+  for path in sorted(cells_dir.glob("*.json")):
+    record = json.loads(path.read_text())
+    if record.get("parser_version") != prompts.PARSER_VERSION:
+      _write_json(path, reparse(record))
+    records.append(record)
+  rank = {m: i for i, m in enumerate(models)}
+  tasks = {t: i for i, t in enumerate(prompts.TASK_NAMES)}
+  return sorted(records, key=lambda r: (rank.get(r["model"], len(rank)), r["model"],
+                                        tasks.get(r["task"], len(tasks)), r["task"], r["k"]))
 
 
 TABLE_COLUMNS = ("model", "task", "k", "n", "score_acc", "score_f1", "score_norm_acc",

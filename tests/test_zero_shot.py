@@ -146,6 +146,11 @@ def test_driver_resumes_and_reruns_only_changed_cells(toy_driver):
   assert calls["cells"][4:] == [("claudette_tos", 0), ("claudette_tos", 1)]
   assert [r["n"] for r in records] == [3, 3, 2, 2]
 
+  config.shots = (1,)                                      # a narrower run still tables all cells
+  assert len(zero_shot.run(config)) == 2 and len(calls["cells"]) == 6
+  table = (zero_shot.pathlib.Path(config.results_dir) / "table.md").read_text()
+  assert table.count("| toy |") == 4
+
 
 def test_driver_reparses_stored_answers_when_the_parser_changes(toy_driver, monkeypatch):
   config, calls = toy_driver
