@@ -79,6 +79,10 @@ def test_parse_answer_sentiment(text, want):
 def test_parse_answer_overlapping_labels():
   assert prompts.parse_answer("This clause is unfair.", ("fair", "unfair")) == 1
   assert prompts.parse_answer("Fair", ("fair", "unfair")) == 0
+  assert prompts.parse_answer("This clause is not fair to the consumer.", ("fair", "unfair")) is None
+  assert prompts.parse_answer("This clause isn't entirely fair. It is unfair to the consumer",
+                              ("fair", "unfair")) == 1
+  assert prompts.parse_answer("Not positive.", ("negative", "neutral", "positive")) is None
   intents = ("top up failed", "top up", "pending top up")
   assert prompts.parse_answer("Intent: pending_top_up", intents) == 2
   assert prompts.parse_answer("Probably top up failed.", intents) == 0

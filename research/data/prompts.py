@@ -191,17 +191,23 @@ _LEAD_IN = re.compile(
     r"\s*(?:is|would be|:)?\s*)?(?:(?:it is|it s|this is|that is|the)\s+)*")
 
 
-PARSER_VERSION = 2  # bump when parse_answer changes: stored answers are re-parsed, not re-run
+PARSER_VERSION = 3  # bump when parse_answer changes: stored answers are re-parsed, not re-run
+_NEGATORS = {"not", "no", "never", "t"}  # "t": "isn't" normalises to "isn t"
 
 
 def _labels_in(clause: str, labels: Sequence[str], by_length: Sequence[int]) -> set[int]:
-  """Labels occurring as whole words; a longer label claims its span before shorter ones."""
-  found, rest = set(), f" {clause} "
+  """Labels named as whole words, not negated ("not fair", "isn't entirely fair" do not count);
+  a longer label claims its words before shorter ones."""
+  words, claimed, found = clause.split(), set(), set()
   for i in by_length:
-    needle = f" {labels[i]} "
-    if needle in rest:
-      found.add(i)
-      rest = rest.replace(needle, " | ")
+    target = labels[i].split()
+    for start in range(len(words) - len(target) + 1):
+      span = range(start, start + len(target))
+      if words[start:start + len(target)] != target or claimed & set(span):
+        continue
+      claimed |= set(span)
+      if not _NEGATORS & set(words[max(0, start - 2):start]):
+        found.add(i)
   return found
 
 
