@@ -345,7 +345,8 @@ def evaluate_cell(lm: DecoderLM, tokenizer: gguf_tokenizer.GGUFTokenizer,
     counts.append([len(o) for o in options])
     prompt_ids.append(ids)
     rows.append({"id": ex.get("id"), "label": int(ex["label"]), "prompt_tokens": len(ids),
-                 "score_pred": int(np.argmax(s)), "shot_ids": [sh.get("id") for sh in shots]})
+                 "score_pred": int(np.argmax(s)), "shot_ids": [sh.get("id") for sh in shots],
+                 "option_logprobs": [round(float(x), 4) for x in s]})  # for later calibration
     if generator == "prefix":
       rows[-1]["answer"] = tokenizer.decode(lm.greedy(state, max_new_tokens, tokenizer.stop_ids))
   if generator == "generate":
