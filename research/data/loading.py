@@ -9,6 +9,7 @@ from typing import Any
 import contextlib
 import dataclasses
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -83,6 +84,23 @@ def prepare(builder: base.DomainBuilder) -> base.DomainBuilder:
   return builder
 
 
+def prepared(name: str, config: str | None = None, *, manual_dir: PathLike | None = None,
+             data_dir: PathLike | None = None, download: bool = False) -> base.DomainBuilder:
+  """`get_builder` + `prepare`; a build whose raw files changed since (checksum) is rebuilt."""
+  builder = get_builder(name, config, manual_dir=manual_dir, data_dir=data_dir, download=download)
+  if builder.is_prepared():
+    want = builder.raw_checksum()
+    have = (builder.info.metadata or {}).get("raw_checksum")
+    if want is not None and have != want:
+      print(f"{name}/{builder.builder_config.name if builder.builder_config else 'default'}: the "
+            f"raw files changed since the build in {builder.data_dir} (checksum {have} -> "
+            f"{want}); rebuilding", file=sys.stderr, flush=True)
+      shutil.rmtree(builder.data_dir)
+      builder = get_builder(name, config, manual_dir=manual_dir, data_dir=data_dir,
+                            download=download)
+  return prepare(builder)
+
+
 def _decode(feature: tfds.features.FeatureConnector, value: Any) -> Any:
   """One decoded TFDS feature value (bytes, numpy scalars/arrays) -> plain Python."""
   if isinstance(feature, tfds.features.Text):
@@ -150,15 +168,14 @@ def load(name: str, config: str | None = None, split: str = "train", *,
   Returns:
     Records in the split's stored order (the `index` of a batch row is the position here).
   """
-  builder = prepare(get_builder(name, config, manual_dir=manual_dir, data_dir=data_dir,
-                                download=download))
+  builder = prepared(name, config, manual_dir=manual_dir, data_dir=data_dir, download=download)
   return read_split(builder, split)
 
 
 def info(name: str, config: str | None = None, *, manual_dir: PathLike | None = None,
          data_dir: PathLike | None = None) -> DatasetSummary:
   """Label space and split sizes of a dataset config (builds it on first use, like `load`)."""
-  builder = prepare(get_builder(name, config, manual_dir=manual_dir, data_dir=data_dir))
+  builder = prepared(name, config, manual_dir=manual_dir, data_dir=data_dir)
   label = builder.info.features["label"]
   multilabel = isinstance(label, tfds.features.Sequence)
   names = tuple((label.feature if multilabel else label).names)

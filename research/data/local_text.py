@@ -72,8 +72,11 @@ def find_split_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
 
 
 def read_rows(path: pathlib.Path) -> Iterator[tuple[str, dict[str, Any]]]:
-  """Yields (location, row dict) from a CSV/TSV (header row) or JSONL file."""
+  """Yields (location, row dict) from a CSV/TSV (header row) or JSONL file (UTF-8; a leading
+  byte-order mark is accepted)."""
   text = base.read_text(path)
+  if text.startswith("\ufeff"):  # a UTF-8 BOM (Excel's "CSV UTF-8"): not part of the header
+    text = text[1:]
   if path.suffix == ".jsonl":
     for line_no, line in enumerate(text.split("\n"), start=1):
       if not line.strip():
@@ -86,13 +89,34 @@ def read_rows(path: pathlib.Path) -> Iterator[tuple[str, dict[str, Any]]]:
         raise ValueError(f"{path}:{line_no}: expected a JSON object per line")
       yield f"{path}:{line_no}", row
   else:
-    reader = csv.DictReader(io.StringIO(text, newline=""),
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True,
                             delimiter="\t" if path.suffix == ".tsv" else ",")
-    for row_no, row in enumerate(reader, start=1):
+    row_no, start = 0, 2  # the line where the next row starts (line 1 is the header)
+    while True:
+      try:
+        row = next(reader)
+      except StopIteration:
+        return
+      except csv.Error as e:
+        raise ValueError(_csv_error(path, text, start, e)) from None
+      row_no += 1
       if None in row or None in row.values():
-        raise ValueError(f"{path}: row {row_no} (line {reader.line_num}) has "
+        raise ValueError(f"{path}: row {row_no} (line {start}) has "
                          f"{'more' if None in row else 'fewer'} fields than the header")
-      yield f"{path}: row {row_no} (line {reader.line_num})", row
+      yield f"{path}: row {row_no} (line {start})", row
+      start = reader.line_num + 1
+
+
+def _csv_error(path: pathlib.Path, text: str, start: int, e: csv.Error) -> str:
+  """A CSV parse error that points at the row's opening quote when a quoted field never closes."""
+  lines = text.split("\n")
+  for line_no in range(start, len(lines) + 1):
+    line = lines[line_no - 1]
+    col = line.find('"')
+    if col >= 0 and (line.count('"') % 2 == 1):
+      return (f"{path}: line {line_no}, column {col + 1}: a quoted field opens here and never "
+              f"closes ({e}); close the quote, or double a quote inside the field (\"\")")
+  return f"{path}: line {start}: {e}"
 
 
 def _label_str(value: Any, where: str) -> str:
@@ -177,6 +201,9 @@ class LocalText(base.DomainBuilder):
 
   def _extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
     return {"text_pair": tfds.features.Text()} if self.spec.text_pair else {}
+
+  def raw_checksum(self) -> None:
+    return None  # the config name already holds the files' hash
 
   def _urls(self) -> dict[str, str]:
     raise ValueError("local_text has no public source; give manual_dir=<folder with your files>.")

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import abc
+import hashlib
 import os
 import pathlib
 
@@ -128,6 +129,20 @@ class DomainBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _read_splits(self, files: FileGetter) -> dict[str, list[Example]]:
     """Parses the raw files into split -> examples (each with "id", "text", "label", ...)."""
 
+  def raw_checksum(self) -> str | None:
+    """SHA-256 (16 hex) of the raw files this config reads from manual_dir; None when the build
+    downloads. Stored in the build's metadata ("raw_checksum"): `research.data.loading` rebuilds
+    when the files changed."""
+    if self._download:
+      return None
+    root = resolve_manual_dir(self.name, self.manual_dir_arg)
+    digest = hashlib.sha256()
+    for rel in sorted(self._urls()):
+      path = root / rel
+      digest.update(rel.encode() + b"\0")
+      digest.update(path.read_bytes() if path.is_file() else b"<missing>")
+    return digest.hexdigest()[:16]
+
   # --- TFDS hooks ---
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -155,6 +170,9 @@ class DomainBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       files = manual_file_getter(self.name, resolve_manual_dir(self.name, explicit))
     splits = self._read_splits(files)
     check_splits(self.name, splits)
+    checksum = self.raw_checksum()
+    if checksum is not None:
+      self.info.metadata["raw_checksum"] = checksum
     return {split: self._generate_examples(examples) for split, examples in splits.items()}
 
   def _generate_examples(self, examples: list[Example]) -> Iterator[tuple[str, Example]]:
