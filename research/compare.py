@@ -18,6 +18,7 @@ import ml_collections
 from research import grid as grid_lib
 from research import latency
 from research import report
+from research.train import record as record_lib
 
 
 def attach_latency(records: list[dict[str, Any]], grid: ml_collections.ConfigDict,
@@ -34,17 +35,29 @@ def attach_latency(records: list[dict[str, Any]], grid: ml_collections.ConfigDic
       r["latency"] = latency.for_shape(cache, latency.shape_key(r["model"]))
       if "cell" in r:  # persist, so `python -m research.report` alone shows the same table
         cell_path = grid_lib.cell_file(results_dir, r["cell"])
-        if cell_path.exists():
-          cell_path.write_text(json.dumps(r, indent=1, sort_keys=True))
+        if cell_path.exists():  # atomic: a kill never leaves a torn record
+          record_lib.write_json(cell_path, r, default=str)
+
+
+def check_records(results_dir: pathlib.Path) -> None:
+  """Every cell record parses; else one line naming the file and the fix."""
+  for path in sorted((results_dir / "cells").glob("*.json")):
+    try:
+      json.loads(path.read_text())
+    except ValueError as e:
+      raise ValueError(f"cell record {path} does not parse ({e}); run the grid without "
+                       f"--report_only to rerun that cell, or delete the file.") from None
 
 
 def main(grid: ml_collections.ConfigDict, *, only: Sequence[str] = (),
-         report_only: bool = False) -> dict[str, pathlib.Path]:
-  """Runs the grid (unfinished cells only), benchmarks, writes and prints the table."""
+         report_only: bool = False, rerun_stale: bool = False) -> dict[str, pathlib.Path]:
+  """Runs the grid (unfinished and, with `rerun_stale`, stale cells), benchmarks, writes and
+  prints the table."""
   results_dir = pathlib.Path(grid.results_dir)
   results_dir.mkdir(parents=True, exist_ok=True)
   if not report_only:
-    grid_lib.run_grid(grid, only=only)
+    grid_lib.run_grid(grid, only=only, rerun_stale=rerun_stale)
+  check_records(results_dir)
   # The table covers every record in results_dir, not only the cells this call ran.
   records = report.load_records(results_dir)
   attach_latency(records, grid, results_dir)

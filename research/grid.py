@@ -1,8 +1,12 @@
 """The comparison grid: (task × method × seed) cells, each one training run, resumable cell by cell.
 
-A cell is finished when its result record exists under `<results_dir>/cells/`; a rerun skips it, so
-an interrupted grid loses nothing. Checkpoints live under `<runs_dir>` (not committed); a distillation
-cell whose teacher checkpoint is gone (a fresh clone) retrains the teacher first.
+A cell is finished when its result record exists under `<results_dir>/cells/` and was trained with
+the cell's current settings (its embedded config has the same result-changing fields,
+research/train/record.py); a rerun skips it, so an interrupted grid loses nothing. A record of other
+settings is *stale*: the grid stops and names the stale cells, and reruns them only when asked
+(`rerun_stale`); a student of a stale teacher is stale too. A record that does not parse is set
+aside (`.corrupt`) and its cell rerun. Checkpoints live under `<runs_dir>` (not committed); a
+distillation cell whose teacher checkpoint is gone (a fresh clone) retrains the teacher first.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from tqdm.auto import tqdm
 
 from research import train
 from research.checkpoints import store as store_lib
+from research.train import loop as loop_lib
+from research.train import record as record_lib
 
 DATA_EFFICIENCY_SERIES = ("teacher", "control", "student")
 
@@ -180,15 +186,82 @@ def _teacher_ready(runs_dir: pathlib.Path, name: str) -> bool:
   return store_lib.has_exported_params(runs_dir / name)
 
 
+# The teacher of a cell is its teacher cell (by name); the path depends on runs_dir only.
+CELL_IGNORE = ("distill.teacher", "distill.teachers")
+
+
+def read_record(path: pathlib.Path) -> dict | None:
+  """A cell's record, or None (with a message; the file is set aside as .corrupt) if it does not
+  parse."""
+  try:
+    record = json.loads(path.read_text())
+    if not isinstance(record, dict):
+      raise ValueError("not a JSON object")
+    return record
+  except (OSError, ValueError) as e:
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    print(f"cell record {path} does not parse ({type(e).__name__}: {e}); moved to {aside}, the "
+          f"cell will be rerun", flush=True)
+    return None
+
+
+def cell_diff(record: dict, cell: Cell) -> dict:
+  """{field: (record's, cell's)} where a record was trained with other settings than the cell."""
+  saved = record.get("config")
+  if saved is None:
+    return {"config": ("missing", "present")}
+  return record_lib.config_diff(saved, cell.config, ignore=CELL_IGNORE)
+
+
+def stale_cells(grid: ml_collections.ConfigDict, all_cells: Sequence[Cell] | None = None
+                ) -> dict[str, dict]:
+  """{cell name: field diff} of the cells whose record or run directory holds other settings;
+  students of a stale teacher are stale too (diff {"teacher": ...})."""
+  results_dir = pathlib.Path(grid.results_dir)
+  all_cells = cells(grid) if all_cells is None else all_cells
+  stale: dict[str, dict] = {}
+  for c in all_cells:
+    path = result_path(results_dir, c)
+    record = read_record(path) if path.exists() else None
+    diff = cell_diff(record, c) if record is not None else {}
+    if not diff and record is None:  # a half-finished run of other settings
+      diff = loop_lib.workdir_diff(c.config)
+    if diff:
+      stale[c.name] = diff
+  for c in all_cells:  # teachers come first
+    bad = [t for t in c.teachers if t in stale]
+    if bad and c.name not in stale:
+      stale[c.name] = {"teacher": (bad[0], "rerun")}
+  return stale
+
+
+def _select(all_cells: list[Cell], only: Sequence[str]) -> list[Cell]:
+  """Cells whose name contains one of `only` (and their teachers); all cells for ()."""
+  if not only:
+    return all_cells
+  wanted = {c.name for c in all_cells if any(s in c.name for s in only)}
+  by_name = {c.name: c for c in all_cells}
+  stack = list(wanted)
+  while stack:
+    for t in by_name[stack.pop()].teachers:
+      if t not in wanted:
+        wanted.add(t)
+        stack.append(t)
+  return [c for c in all_cells if c.name in wanted]
+
+
 def run_grid(grid: ml_collections.ConfigDict,
              runner: Callable[[ml_collections.ConfigDict], dict] | None = None,
-             only: Sequence[str] = ()) -> list[dict]:
+             only: Sequence[str] = (), rerun_stale: bool = False) -> list[dict]:
   """Runs every unfinished cell, writing each result record as soon as it finishes.
 
   Args:
     grid: a grid config (configs/bfsi.py etc.).
     runner: run config -> result record; default `research.train.run`.
     only: if given, only cells whose name contains one of these substrings (and their teachers).
+    rerun_stale: rerun the cells whose record (or run directory) holds other settings than the
+      cell's config now; without it such cells stop the grid with a message naming them.
 
   Returns:
     The result records of all cells (finished earlier or now).
@@ -196,40 +269,43 @@ def run_grid(grid: ml_collections.ConfigDict,
   runner = runner or train.run
   results_dir = pathlib.Path(grid.results_dir)
   runs_dir = pathlib.Path(grid.runs_dir)
-  all_cells = cells(grid)
-  if only:
-    wanted = {c.name for c in all_cells if any(s in c.name for s in only)}
-    by_name = {c.name: c for c in all_cells}
-    stack = list(wanted)
-    while stack:
-      for t in by_name[stack.pop()].teachers:
-        if t not in wanted:
-          wanted.add(t)
-          stack.append(t)
-    all_cells = [c for c in all_cells if c.name in wanted]
+  all_cells = _select(cells(grid), only)
   (results_dir / "cells").mkdir(parents=True, exist_ok=True)
-  todo = [c for c in all_cells if not result_path(results_dir, c).exists()]
+  stale = stale_cells(grid, all_cells)
+  if stale and not rerun_stale:
+    first, diff = next(iter(stale.items()))
+    names = ", ".join(list(stale)[:8]) + (f" (+{len(stale) - 8} more)" if len(stale) > 8 else "")
+    raise ValueError(
+        f"grid {grid.domain}: {len(stale)} cell(s) were trained with other settings than their "
+        f"config now: {names} ({first}: {record_lib.describe_diff(diff, 4)}); rerun them with "
+        f"--rerun_stale (experiments/compare.py; rerun_stale=True), or use another "
+        f"results_dir/runs_dir.")
+  todo = [c for c in all_cells if c.name in stale or not result_path(results_dir, c).exists()]
   # A student needs its teachers' checkpoints even when the teachers' records exist already.
   needed = {t for c in todo for t in c.teachers if not _teacher_ready(runs_dir, t)}
-  by_name = {c.name: c for c in all_cells}
   todo_names = {c.name for c in todo} | needed
   todo = [c for c in all_cells if c.name in todo_names]
+  note = f" ({len(stale)} stale, rerun)" if stale else ""
   print(f"grid {grid.domain}: {len(all_cells)} cells, {len(all_cells) - len(todo)} finished, "
-        f"{len(todo)} to run", flush=True)
+        f"{len(todo)} to run{note}", flush=True)
   bar = tqdm(todo, desc=f"grid {grid.domain}", unit="cell")
   for cell in bar:
     bar.set_postfix_str(cell.name)
     t0 = time.time()
+    if cell.name in stale:
+      loop_lib.clear_run(str(pathlib.Path(cell.config.workdir).resolve()))
     record = runner(copy.deepcopy(cell.config))
     record.setdefault("cell", cell.name)
     record.setdefault("grid_seconds", time.time() - t0)
-    path = result_path(results_dir, cell)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=_json_default))
-    os.replace(tmp, path)  # atomic: a killed grid never leaves a half-written record
+    # atomic: a killed grid never leaves a half-written record
+    record_lib.write_json(result_path(results_dir, cell), record, default=_json_default)
     save_curve(results_dir, cell)
-  return [json.loads(result_path(results_dir, c).read_text()) for c in all_cells
-          if result_path(results_dir, c).exists()]
+  out = []
+  for c in all_cells:
+    path = result_path(results_dir, c)
+    if path.exists() and (record := read_record(path)) is not None:
+      out.append(record)
+  return out
 
 
 def _json_default(o):

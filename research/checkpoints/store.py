@@ -11,8 +11,13 @@ Layout of a run directory:
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import pathlib
+import shutil
+import sys
+import time
 from typing import Any, Mapping
 
 import jax
@@ -67,16 +72,41 @@ class CheckpointStore:
   def restore(self, target: PyTree, step: int | None = None) -> tuple[PyTree, dict]:
     """Restores (state, position) at `step` (default: latest) into the structure of `target`.
 
+    Without an explicit `step`, a checkpoint that does not restore (truncated array file, missing
+    manifest, garbage iterator state) is moved aside to `<run>/corrupt_checkpoints/` with a
+    message, and the previous step is tried.
+
     Args:
       target: a state pytree of arrays or ShapeDtypeStructs; their shardings place the result.
-      step: checkpoint step; None for the latest.
+      step: checkpoint step; None for the latest intact one.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    if step is not None:
+      return self._restore(target, step)
+    while (latest := self.latest_step()) is not None:
+      try:
+        return self._restore(target, latest)
+      except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore raise many kinds
+        self._set_aside(latest, e)
+    raise FileNotFoundError(f"no intact checkpoint in {self.directory}")
+
+  def _restore(self, target: PyTree, step: int) -> tuple[PyTree, dict]:
     out = self._mngr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract(target)), data=ocp.args.JsonRestore()))
-    return out["state"], dict(out["data"])
+    position = dict(out["data"])
+    if not {"epoch", "step"} <= set(position):
+      raise ValueError(f"iterator position {position!r} lacks epoch/step")
+    return out["state"], position
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves an unreadable checkpoint out of the manager's sight (kept for inspection)."""
+    aside = os.path.join(os.path.dirname(self.directory), "corrupt_checkpoints",
+                         f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    shutil.move(os.path.join(self.directory, str(step)), aside)
+    reason = " ".join(str(error).split())[:160]
+    print(f"checkpoint step {step} in {self.directory} does not restore ({type(error).__name__}: "
+          f"{reason}); moved to {aside}, trying the previous one", file=sys.stderr, flush=True)
+    self._mngr.reload()
 
   def metadata(self) -> dict:
     md = self._mngr.metadata()
@@ -87,6 +117,18 @@ class CheckpointStore:
 
   def close(self) -> None:
     self._mngr.close()
+
+
+def read_metadata(directory: str | os.PathLike) -> dict:
+  """The custom metadata (run config, fingerprint) of a checkpoint directory, without opening it
+  for writing; {} when there is none."""
+  for path in sorted(glob.glob(os.path.join(os.fspath(directory), "metadata", "*"))):
+    try:
+      with open(path) as f:
+        return dict(json.load(f).get("custom_metadata") or {})
+    except (OSError, ValueError, AttributeError):
+      continue
+  return {}
 
 
 def _best_handlers() -> dict:

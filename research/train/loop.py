@@ -7,8 +7,13 @@ metrics (research/tasks/), and the family for `apply` and FLOPs (research/models
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
+import shutil
+import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -70,17 +75,110 @@ def _open_store(config: Any, workdir: str, state: Any):
   """The run's checkpoint store, and the state and data position to start from (resumed if any)."""
   store = store_lib.CheckpointStore(os.path.join(workdir, "checkpoints"),
                                     keep=config.train.keep_checkpoints,
-                                    metadata={"config": json.loads(config.to_json())})
+                                    metadata={"config": json.loads(config.to_json()),
+                                              "fingerprint": record_lib.fingerprint(config)})
   position = {"epoch": 0, "step": 0, "examples_seen": 0, "train_seconds": 0.0}
   if store.latest_step() is None:
     return store, state, position
-  saved = store.metadata().get("config", {})
-  for section in ("model", "mask", "data"):
-    if saved.get(section) is not None and saved[section] != json.loads(config[section].to_json()):
-      raise ValueError(f"{workdir} holds a run with a different `{section}` config; use a new "
-                       f"config.workdir (or delete {workdir}/checkpoints to restart).")
   state, position = store.restore(state)
   return store, state, position
+
+
+# ----------------------------------------------------------------------------- the run directory
+
+FINGERPRINT_FILE = "fingerprint.json"
+# What a run writes in its workdir (`clear_run` removes exactly these).
+RUN_FILES = ("checkpoints", "best", "metrics.jsonl", "result.json", "config.json",
+             "model.safetensors", FINGERPRINT_FILE, "corrupt_checkpoints")
+
+
+def saved_config(workdir: str) -> dict | None:
+  """The run config a workdir was trained with (fingerprint.json, else its checkpoints' metadata,
+  else result.json), or None for an empty workdir."""
+  fp = os.path.join(workdir, FINGERPRINT_FILE)
+  if os.path.exists(fp):
+    with open(fp) as f:
+      return json.load(f)["config"]
+  ckpt = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt)):
+    saved = store_lib.read_metadata(ckpt).get("config")
+    if saved is not None:
+      return saved
+  res = os.path.join(workdir, "result.json")
+  if os.path.exists(res):
+    with open(res) as f:
+      return json.load(f).get("config")
+  return None
+
+
+def workdir_diff(config: Any, workdir: str | None = None) -> dict:
+  """{dotted field: (saved, now)} where the run in `workdir` (default config.workdir) was trained
+  with other result-changing settings than `config`; {} for a matching or empty workdir."""
+  saved = saved_config(os.path.abspath(workdir or config.workdir))
+  return {} if saved is None else record_lib.config_diff(saved, config)
+
+
+def clear_run(workdir: str) -> None:
+  """Removes a run's files from `workdir` (checkpoints, exports, records); other files stay."""
+  for name in RUN_FILES:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+
+
+def _claim_workdir(config: Any, workdir: str, overwrite: bool) -> None:
+  """Stops before any compute when `workdir` holds a run with other settings (unless
+  `overwrite`); then records this run's fingerprint there."""
+  diff = workdir_diff(config, workdir)
+  if diff and not overwrite:
+    raise ValueError(
+        f"{workdir} holds a run with other settings ({record_lib.describe_diff(diff)}); use a new "
+        f"config.workdir, or pass --overwrite to discard that run and start over.")
+  if diff:
+    print(f"--overwrite: discarding the run in {workdir} ({record_lib.describe_diff(diff)})",
+          file=sys.stderr, flush=True)
+    clear_run(workdir)
+  ckpt = os.path.join(workdir, "checkpoints")
+  if not (os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt))):
+    # A fresh start: an export left by an earlier attempt must not compete with this run's.
+    shutil.rmtree(os.path.join(workdir, "best"), ignore_errors=True)
+  if jax.process_index() == 0:
+    record_lib.write_json(os.path.join(workdir, FINGERPRINT_FILE),
+                          {"fingerprint": record_lib.fingerprint(config),
+                           "config": json.loads(config.to_json())})
+
+
+class WorkdirLock:
+  """An exclusive lock on a workdir (`<workdir>/.lock`, holding the owner's pid).
+
+  The OS drops it when its process dies, so a lock left by a killed run is simply taken over.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, ".lock")
+    self._fd = None
+
+  def acquire(self) -> "WorkdirLock":
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+      os.close(fd)
+      raise RuntimeError(f"{os.path.dirname(self.path)} is in use by {holder}; wait for it to "
+                         f"finish, stop it, or use another config.workdir.") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode())
+    self._fd = fd
+    return self
+
+  def release(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
 
 
 @dataclasses.dataclass
@@ -121,6 +219,43 @@ def _finite(host_metrics: dict) -> bool:
              if k in host_metrics)
 
 
+SPIKE_FACTOR = 10.0  # a loss this many times the first one (at least 1.0) is a divergence
+
+
+class RunInterrupted(Exception):
+  """SIGINT/SIGTERM stopped a run after saving a checkpoint at the current step."""
+
+
+class _StopSignals:
+  """Within: SIGINT/SIGTERM set `signum` (the loop saves and stops); a second one aborts at once."""
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:  # second signal: give up on a clean stop
+      self.__exit__()
+      raise KeyboardInterrupt
+    self.signum = signum
+    print(f"\n{signal.Signals(signum).name}: stopping after this step (saving a checkpoint); "
+          "press again to abort without saving", file=sys.stderr, flush=True)
+
+  def __enter__(self) -> "_StopSignals":
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+    self._old = {}
+
+
 class _Trainer:
   """The training loop's state between steps (one session of a possibly resumed run)."""
 
@@ -138,6 +273,36 @@ class _Trainer:
     self.speed_examples = 0      # examples of the other steps of this session
     self.model_meta = {"family": config.model.family,
                        "config": dataclasses.asdict(s.model_cfg)}
+    self.stop: _StopSignals | None = None
+    # "Good" checkpoints: the latest logged loss within SPIKE_FACTOR of the run's first one.
+    self.ref_loss = position.get("ref_loss")
+    self.last_loss = None
+    self.spike_warned = False
+
+  def healthy(self) -> bool:
+    """False when the loss has spiked (diverging): such a step is not checkpointed."""
+    if self.last_loss is None or self.ref_loss is None:
+      return True
+    return bool(self.last_loss <= SPIKE_FACTOR * max(self.ref_loss, 1.0))
+
+  def skip_checkpoint(self, step: int) -> None:
+    self.log.write({"step": step, "split": "train", "event": "spike_not_checkpointed",
+                    "loss": self.last_loss, "ref_loss": self.ref_loss})
+    if not self.spike_warned:
+      self.spike_warned = True
+      print(f"WARNING: loss {self.last_loss:.4g} at step {step} is over {SPIKE_FACTOR:g}x the "
+            f"first logged loss ({self.ref_loss:.4g}); not checkpointing until it recovers "
+            f"(the last good checkpoint is kept)", file=sys.stderr, flush=True)
+
+  def interrupt(self, step: int) -> None:
+    """Finishes the in-flight saves, closes the stores and stops with one line."""
+    self.store.wait()
+    self.best.wait()
+    self.store.close()
+    self.best.close()
+    name = signal.Signals(self.stop.signum).name
+    raise RunInterrupted(f"{name}: stopped at step {step} of {self.plan.total_steps}, checkpoint "
+                         f"saved in {self.store.directory}; rerun the same command to resume.")
 
   def check_pending(self) -> None:
     if self.pending is None:
@@ -152,8 +317,9 @@ class _Trainer:
       raise FloatingPointError(
           f"non-finite training values at step {step_no} (loss={host.get('loss')}, "
           f"grad_norm={host.get('grad_norm')}, param_norm={host.get('param_norm')}); stopped. "
-          f"Last good checkpoint: step {last} in {self.store.directory}. Lower optim.lr or check "
-          f"the data.")
+          f"Last good checkpoint: step {last} in {self.store.directory}. Lower the learning rate "
+          f"or check the data: rerun with --config.optim.lr={self.config.optim.lr / 10:g} "
+          f"--overwrite (starts this workdir over) or with a new --config.workdir.")
     self.window.append(host)
 
   def train_step(self, state, batch):
@@ -177,6 +343,9 @@ class _Trainer:
     self.window.clear()
     self.log.write({"step": step, "split": "train", "epoch": step / self.plan.steps_per_epoch,
                     "examples_seen": self.examples_seen, **mean})
+    self.last_loss = mean["loss"]
+    if self.ref_loss is None:
+      self.ref_loss = mean["loss"]
     bar.set_postfix(loss=f"{mean['loss']:.4f}", lr=f"{mean.get('lr', 0):.2e}")
 
   def validate(self, step: int, state) -> None:
@@ -211,35 +380,60 @@ def _train(tr: _Trainer, state, it, start_step: int) -> tuple[Any, float]:
       t_eval = time.time()
       tr.validate(step, state)
       t_loop += time.time() - t_eval  # evaluation is not training time
-    if step % plan.ckpt_every == 0 or last:
-      pos = dict(it.position, examples_seen=tr.examples_seen, **tr.flops.position(),
-                 train_seconds=tr.train_seconds + time.time() - t_loop)
-      tr.store.save(step, parallel.unplace_state(state, p), pos)
+    stopping = tr.stop is not None and tr.stop.signum is not None and not last
+    if step % plan.ckpt_every == 0 or last or stopping:
+      if stopping:
+        tr.check_pending()  # a non-finite step is not checkpointed
+      if last or stopping or tr.healthy():
+        pos = dict(it.position, examples_seen=tr.examples_seen, **tr.flops.position(),
+                   train_seconds=tr.train_seconds + time.time() - t_loop, ref_loss=tr.ref_loss)
+        tr.store.save(step, parallel.unplace_state(state, p), pos)
+      else:
+        tr.skip_checkpoint(step)
     bar.update(1)
+    if stopping:
+      bar.close()
+      tr.interrupt(step)
   bar.close()
   tr.check_pending()
   return state, time.time() - t_loop
 
 
-def run(config: Any) -> dict:
+def run(config: Any, *, overwrite: bool = False) -> dict:
   """Trains as `config` says; writes the run directory; returns the result record.
 
   Run directory (config.workdir): checkpoints/ (resumable, last N), best/ (best-by-validation
-  params, see `store.load_run_params`), metrics.jsonl, result.json. Rerunning the same config
-  resumes from the latest checkpoint with the exact next batch.
+  params, see `store.load_run_params`), metrics.jsonl, result.json, fingerprint.json (the config
+  it was trained with). Rerunning the same config resumes from the latest checkpoint with the exact
+  next batch; a config whose result-changing fields differ (record.result_fields) stops before any
+  compute unless `overwrite` (or `config.overwrite`) discards the old run.
 
   Raises:
-    ValueError: bad config values (before any compute).
+    ValueError: bad config values, or a workdir trained with other settings (before any compute).
+    RuntimeError: another process holds the workdir.
     FloatingPointError: a non-finite loss/gradient/param norm; the last good checkpoint is kept.
+    RunInterrupted: SIGINT/SIGTERM; a checkpoint at the current step was saved first.
   """
   t_start = time.time()
   setup_lib.check_config(config)
   parallel.maybe_initialize_distributed()
-  enable_compile_cache(config.compile_cache_dir)
   workdir = os.path.abspath(config.workdir)
   os.makedirs(workdir, exist_ok=True)
+  lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+  try:
+    _claim_workdir(config, workdir, overwrite or bool(config.get("overwrite", False)))
+    return _run(config, workdir, t_start)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(config: Any, workdir: str, t_start: float) -> dict:
+  enable_compile_cache(config.compile_cache_dir)
   model_rng, mask_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   s = setup_lib.build(config, model_rng, mask_rng)
+  for w in s.warnings:
+    print(f"WARNING: {w}", file=sys.stderr, flush=True)
   plan = make_plan(config, s.task)
   tx, schedule = optim.make_optimizer(config.optim, s.labels, plan.total_steps)
   store, state, position = _open_store(config, workdir,
@@ -250,7 +444,9 @@ def run(config: Any) -> dict:
   state = parallel.place_state(state, config.train.parallel, steps.mesh)
   it = s.task.train_batches(batch_size=config.data.batch_size, seed=config.seed,
                             epoch=position["epoch"], step=position["step"])
-  state, session_seconds = _train(tr, state, it, start_step)
+  with _StopSignals() as stop:
+    tr.stop = stop
+    state, session_seconds = _train(tr, state, it, start_step)
   store.wait()
   tr.best.wait()
   result = _finish(config, s, tr, session_seconds, workdir, t_start)
@@ -303,6 +499,7 @@ def _finish(config, s, tr: _Trainer, session_seconds: float, workdir: str, t_sta
       "unlabeled_examples": len(s.task.splits["train"]) - n_labeled,
       "teachers": list(distill.teacher_dirs(config)) if s.kd is not None else [],
       "latency": {}, "is_teacher": bool(tags.is_teacher), "run_dir": workdir,
+      "fingerprint": record_lib.fingerprint(config), "warnings": list(s.warnings),
   }
   if jax.process_index() == 0:
     record_lib.write_json(os.path.join(workdir, "result.json"), result)

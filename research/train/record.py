@@ -1,7 +1,8 @@
-"""The run's written traces: metrics.jsonl, the result record, the code version."""
+"""The run's written traces: metrics.jsonl, the result record, the code version, the fingerprint."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -25,12 +26,85 @@ def git_sha() -> str:
     return "unknown"
 
 
-def write_json(path: str, obj: Any) -> None:
+def write_json(path: str | os.PathLike, obj: Any, default: Any = float) -> None:
   """Atomic JSON write: a kill never leaves a half-written file behind."""
-  tmp = f"{path}.tmp"
+  path = os.fspath(path)
+  tmp = f"{path}.tmp.{os.getpid()}"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True, default=float)
+    json.dump(obj, f, indent=1, sort_keys=True, default=default)
+    f.flush()
+    os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- run fingerprints
+
+# Run-config fields that cannot change a run's result: names, paths, logging and checkpoint
+# cadence (a resumed run is bit-identical to an uninterrupted one), table labels. A trailing ".*"
+# covers a whole section.
+NON_RESULT_FIELDS = ("name", "workdir", "compile_cache_dir", "overwrite", "tags.*",
+                     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                     "data.manual_dir", "data.data_dir")
+# Mapping-valued fields compared whole (a loss added to distill.losses is a change).
+_LEAVES = ("distill.losses",)
+
+
+def _to_plain(config: Any) -> dict:
+  if hasattr(config, "to_json"):
+    return json.loads(config.to_json())
+  return json.loads(json.dumps(dict(config), default=str))  # tuples -> lists, as stored
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, Mapping) and key not in _LEAVES:
+      out.update(_flat(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def _ignored(key: str, extra: tuple[str, ...] = ()) -> bool:
+  for f in NON_RESULT_FIELDS + tuple(extra):
+    if key == f or (f.endswith(".*") and key.startswith(f[:-1])):
+      return True
+  return False
+
+
+def result_fields(config: Any, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+  """The dotted run-config fields that change a run's result (JSON values), e.g. "optim.lr"."""
+  return {k: v for k, v in sorted(_flat(_to_plain(config)).items()) if not _ignored(k, ignore)}
+
+
+def fingerprint(config: Any) -> str:
+  """A stable hash of `result_fields(config)`: equal fingerprints, same run."""
+  blob = json.dumps(result_fields(config), sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def config_diff(old: Any, new: Any, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+  """Result fields whose value differs: {dotted name: (old, new)}.
+
+  Fields present on one side only (added to or removed from configs/common.py since `old` was
+  written) are not a difference: a new field's default keeps the old behaviour.
+  """
+  a, b = result_fields(old, ignore), result_fields(new, ignore)
+  return {k: (a[k], b[k]) for k in sorted(a.keys() & b.keys()) if a[k] != b[k]}
+
+
+def describe_diff(diff: Mapping[str, tuple[Any, Any]], limit: int = 6) -> str:
+  """"optim.lr 0.003 → 0.001, seed 0 → 1" (the first `limit` fields, then "+N more")."""
+  items = [f"{k} {_short(o)} → {_short(n)}" for k, (o, n) in list(diff.items())[:limit]]
+  if len(diff) > limit:
+    items.append(f"+{len(diff) - limit} more")
+  return ", ".join(items)
+
+
+def _short(v: Any) -> str:
+  s = json.dumps(v, sort_keys=True, separators=(",", ":"))
+  return s if len(s) <= 40 else s[:37] + "..."
 
 
 class MetricsLog:

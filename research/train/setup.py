@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
+import numpy as np
 
 from research import distill
 from research import masking
@@ -17,9 +19,72 @@ from research.train.parallel import PARALLEL
 PyTree = Any
 
 
+DTYPES = ("float32", "bfloat16")
+POOLINGS = ("cls", "mean", "pooler")
+STUDENT_INITS = ("layers", "fresh")
+
+
+def _is_number(x: Any) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_values(config: Any) -> None:
+  """Ranges and enum values of the whole config; each message names the field."""
+  t, o, d, m = config.train, config.optim, config.data, config.model
+  def need(ok: bool, field: str, value: Any, want: str) -> None:
+    if not ok:
+      raise ValueError(f"{field}={value!r}; {want}.")
+  need(_is_number(o.lr) and o.lr > 0, "optim.lr", o.lr, "use a learning rate > 0")
+  need(_is_number(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", o.weight_decay,
+       "use a value >= 0")
+  need(_is_number(o.warmup_ratio) and 0 <= o.warmup_ratio < 1, "optim.warmup_ratio",
+       o.warmup_ratio, "use a value in [0, 1)")
+  need(_is_number(o.grad_clip) and o.grad_clip >= 0, "optim.grad_clip", o.grad_clip,
+       "use a value >= 0 (0 = no clipping)")
+  for name in ("b1", "b2"):
+    need(_is_number(o[name]) and 0 <= o[name] < 1, f"optim.{name}", o[name],
+         "use a value in [0, 1)")
+  need(isinstance(d.batch_size, int) and d.batch_size >= 1, "data.batch_size", d.batch_size,
+       "use >= 1")
+  need(isinstance(d.eval_batch_size, int) and d.eval_batch_size >= 1, "data.eval_batch_size",
+       d.eval_batch_size, "use >= 1")
+  need(isinstance(d.max_length, int) and d.max_length > 0, "data.max_length", d.max_length,
+       "use a length > 0 (tokens)")
+  buckets = tuple(d.buckets)
+  bad = [b for b in buckets if not isinstance(b, int) or not 0 < b <= d.max_length]
+  need(not bad, "data.buckets", buckets,
+       f"every bucket must be in 1..data.max_length={d.max_length} (bad: {bad})")
+  need(m.dtype in DTYPES, "model.dtype", m.dtype, f"use one of {DTYPES}")
+  need(m.pooling in POOLINGS, "model.pooling", m.pooling, f"use one of {POOLINGS}")
+  need(_is_number(m.dropout) and 0 <= m.dropout < 1, "model.dropout", m.dropout,
+       "use a value in [0, 1)")
+  try:
+    registry.get_family(m.family)
+  except KeyError as e:
+    raise ValueError(f"model.family={m.family!r}; {e.args[0]}") from None
+  need(config.distill.student_init in STUDENT_INITS, "distill.student_init",
+       config.distill.student_init, f"use one of {STUDENT_INITS}")
+  need(_is_number(config.distill.temperature) and config.distill.temperature > 0,
+       "distill.temperature", config.distill.temperature, "use a temperature > 0")
+  need(isinstance(t.keep_checkpoints, int) and t.keep_checkpoints >= 1, "train.keep_checkpoints",
+       t.keep_checkpoints, "keep at least 1")
+  need(_is_number(t.epochs), "train.epochs", t.epochs, "use a number of epochs")
+  need(isinstance(t.max_steps, int), "train.max_steps", t.max_steps, "use a step count")
+
+
+def check_model_fit(config: Any, model_cfg: Any) -> None:
+  """Data settings the model must accommodate (checked on the abstract model, before compute)."""
+  positions = getattr(model_cfg, "max_position_embeddings", None)
+  if positions is not None and config.data.max_length > positions:
+    raise ValueError(f"data.max_length={config.data.max_length} exceeds the model's "
+                     f"{positions} positions (max_position_embeddings); use <= {positions}.")
+
+
 def check_config(config: Any) -> None:
   """Fails with a one-line message on config values that would break the run (before compute)."""
   t, o, d = config.train, config.optim, config.data
+  tasks_lib.get(config.task)
+  _check_values(config)
   metrics = getattr(tasks_lib.get(config.task), "METRICS", ())
   if metrics and t.best_metric not in metrics:
     raise ValueError(f"train.best_metric={t.best_metric!r}; use one of {metrics}.")
@@ -61,6 +126,7 @@ class RunSetup:
   kd: distill.DistillSetup | None
   params_total: int          # of the model itself (LoRA merged, KD projections off)
   params_trainable: int
+  warnings: list[str] = dataclasses.field(default_factory=list)  # data oddities, in the record
 
   @property
   def apply(self):
@@ -114,13 +180,74 @@ def build(config: Any, model_rng: jax.Array, mask_rng: jax.Array) -> RunSetup:
   """Checks the mask on abstract params first (a bad rule fails before any compute), then builds."""
   family = registry.get_family(config.model.family)
   abstract, abstract_cfg = abstract_model(config)
+  check_model_fit(config, abstract_cfg)
   masking.validate(abstract, config.mask, layout=family.layout(abstract_cfg))
   task_kind = tasks_lib.get(config.task)
-  model, params, model_cfg, kd = _model(config, task_kind.num_outputs(config), model_rng)
+  num_outputs = task_kind.num_outputs(config)
+  if config.task == "classification" and num_outputs < 2:
+    raise ValueError(f"dataset {_dataset(config)} has {num_outputs} class(es); classification "
+                     "needs at least 2 (check the label column).")
+  model, params, model_cfg, kd = _model(config, num_outputs, model_rng)
   params, labels = masking.prepare(params, config.mask, mask_rng, layout=family.layout(model_cfg))
   task = task_kind.build(config, model_cfg)
+  check_vocab(config, task, model_cfg)
+  warnings = check_data(task) if config.task == "classification" else []
   # Counted now: the train step donates (deletes) these arrays.
   total = masking.count(masking.model_params(params))["params_total"]
   trainable = masking.count(params, labels)["params_trainable"]
   return RunSetup(family=family, model=model, model_cfg=model_cfg, params=params, labels=labels,
-                  task=task, kd=kd, params_total=total, params_trainable=trainable)
+                  task=task, kd=kd, params_total=total, params_trainable=trainable,
+                  warnings=warnings)
+
+
+def _dataset(config: Any) -> str:
+  return "/".join(x for x in (config.data.name, config.data.config) if x)
+
+
+def check_vocab(config: Any, task: Any, model_cfg: Any) -> None:
+  """Token ids of the data must index the model's embedding table (else NaNs or garbage)."""
+  vocab = getattr(model_cfg, "vocab_size", None)
+  if vocab is None:
+    return
+  top = max((int(np.max(s.input_ids)) for s in task.splits.values()
+             if getattr(s, "input_ids", None) is not None and s.input_ids.size), default=-1)
+  if top >= vocab:
+    raise ValueError(f"the tokenizer gives token id {top} but the model's vocab_size is {vocab} "
+                     f"(model.overrides.vocab_size={config.model.overrides.get('vocab_size', 0)}); "
+                     f"use vocab_size >= {top + 1} (the tokenizer's size) or drop the override.")
+
+
+MIN_EVAL_EXAMPLES = 20  # fewer, and one example moves accuracy by more than 5 points
+
+
+def check_data(task: Any) -> list[str]:
+  """Warnings about a classification task's data that make its metrics misleading."""
+  names = tuple(getattr(task, "label_names", ()) or ())
+  if not names:
+    return []
+  out = []
+  groups: dict[str, list[str]] = {}
+  for n in names:
+    groups.setdefault(" ".join(str(n).split()).casefold(), []).append(str(n))
+  dups = [g for g in groups.values() if len(g) > 1]
+  if dups:
+    out.append(f"labels that differ only in case or whitespace are separate classes: {dups}; "
+               "fix the label column if they mean the same class")
+  for split, data in task.splits.items():
+    n = len(data)
+    if split != "train" and n < MIN_EVAL_EXAMPLES:
+      out.append(f"the {split} split has only {n} example(s): one example moves its accuracy by "
+                 f"{100 / max(n, 1):.0f} points")
+    labels = getattr(data, "labels", None)
+    if labels is None:
+      continue
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+      counts = np.bincount(labels[labels >= 0], minlength=len(names))
+    else:
+      counts = labels.sum(0)
+    absent = [names[i] for i in range(len(names)) if counts[i] == 0]
+    if absent:
+      out.append(f"the {split} split has no example of class(es) {absent[:10]}"
+                 f"{f' (+{len(absent) - 10} more)' if len(absent) > 10 else ''}")
+  return out
