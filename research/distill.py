@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -401,14 +402,19 @@ def teacher_finished(run_dir: str | os.PathLike) -> bool:
 
 
 def run_with_teacher(config, runner: Callable[[Any], dict], *,
-                     teacher_config: Callable[[Any], Any] | None = None) -> dict:
+                     teacher_config: Callable[[Any], Any] | None = None,
+                     train_missing_teacher: bool = False) -> dict:
   """Distils as `config` says, fine-tuning the teacher first when its run dir is not finished.
+
+  A teacher dir that holds no run at all (often a typo in distill.teacher) is refused unless
+  `train_missing_teacher`; a started but unfinished teacher run is resumed (with a message).
 
   Args:
     config: a distillation run config (configs/common.py; distill.teacher or distill.teachers).
     runner: run config -> result record (`research.train.run`).
     teacher_config: student config -> the teacher's fine-tuning config (configs/common.py
       `teacher_config`); needed only when the teacher is not trained yet.
+    train_missing_teacher: fine-tune a teacher whose dir holds no run (else FileNotFoundError).
 
   Returns:
     The student's result record.
@@ -424,5 +430,21 @@ def run_with_teacher(config, runner: Callable[[Any], dict], *,
     if teacher_config is None:
       raise FileNotFoundError(f"teacher run dir {missing[0]!r} holds no finished run; fine-tune it "
                               "first (experiments/finetune.py) or fix distill.teacher.")
-    runner(teacher_config(config))
+    t_config = teacher_config(config)
+    started = _has_run(missing[0])
+    if not started and not train_missing_teacher:
+      raise FileNotFoundError(
+          f"teacher {missing[0]!r} has no run (distill.teacher); fix the path, or pass "
+          f"--train_missing_teacher (experiments/distill.py) to fine-tune that teacher first.")
+    what = "resuming its unfinished run" if started else "fine-tuning it first"
+    print(f"teacher {missing[0]!r} is not trained: {what} ({t_config.name}), then the student",
+          file=sys.stderr, flush=True)
+    runner(t_config)
   return runner(config)
+
+
+def _has_run(run_dir: str | os.PathLike) -> bool:
+  """True when a run dir holds any trace of a run (its fingerprint, checkpoints or exports)."""
+  p = pathlib.Path(run_dir)
+  return p.is_dir() and any((p / n).exists() for n in ("fingerprint.json", "checkpoints", "best",
+                                                        "result.json"))

@@ -46,7 +46,8 @@ def kd_run(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path, dict]:
   root = tmp_path_factory.mktemp("kd")
   teacher, student = root / "teacher", root / "student"
   record = distill.run_with_teacher(_student_config(student, teacher), train.run,
-                                   teacher_config=common.teacher_config)
+                                   teacher_config=common.teacher_config,
+                                   train_missing_teacher=True)
   return teacher, student, record
 
 
@@ -98,9 +99,10 @@ def test_run_with_teacher_skips_a_finished_teacher(teacher, tmp_path):
   assert distill.run_with_teacher(config, runner, teacher_config=common.teacher_config) == {"workdir": config.workdir}
   assert [c.workdir for c in calls] == [config.workdir]
 
-  calls.clear()  # an unfinished teacher (here: none at all) is fine-tuned first
+  calls.clear()  # an unfinished teacher (here: none at all) is fine-tuned first, when asked
   config = _student_config(tmp_path / "student", tmp_path / "new_teacher")
-  distill.run_with_teacher(config, runner, teacher_config=common.teacher_config)
+  distill.run_with_teacher(config, runner, teacher_config=common.teacher_config,
+                           train_missing_teacher=True)
   assert [c.workdir for c in calls] == [str(tmp_path / "new_teacher"), config.workdir]
   assert not distill.is_distillation(calls[0]) and calls[0].mask.rule == "full"
   assert config.distill.teacher == str(tmp_path / "new_teacher")  # the caller's config unchanged
