@@ -14,6 +14,7 @@ import pathlib
 from absl import app
 from absl import flags
 
+from experiments import cli
 from research import latency
 from research import report  # record loading only; imports no jax
 
@@ -54,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -3,27 +3,28 @@
   python -m experiments.finetune --config configs/finetune_phrasebank_allagree.py \
       [--config.mask.rule=last_k --config.mask.k=2 --config.workdir=runs/x ...]
 
-Rerunning the same command resumes from the run's latest checkpoint. The result record is printed
-and written to <workdir>/result.json (schema: docs/ARCHITECTURE.md).
+Rerunning the same command resumes from the run's latest checkpoint; a workdir trained with other
+settings stops with the differing fields (pass --overwrite to discard that run). The result record
+is printed and written to <workdir>/result.json (schema: docs/ARCHITECTURE.md).
 """
 
 import json
 
-from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from experiments import cli
 from research import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard a run in config.workdir that was "
+                               "trained with other settings, and start over.")
 
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  result = train.run(_CONFIG.value)
+  result = train.run(_CONFIG.value, overwrite=_OVERWRITE.value)
   summary = {k: result[k] for k in ("method", "task", "params_total", "params_trainable",
                                     "train_seconds", "examples_seen", "run_dir")}
   summary["test"] = {k: v for k, v in result["metrics"]["test"].items() if k != "per_class"}
@@ -32,4 +33,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)
