@@ -38,6 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.overrides.num_heads = 0
   c.model.overrides.intermediate_size = 0
   c.model.overrides.vocab_size = 0
+  c.model.overrides.num_kv_heads = 0   # decoders (grouped-query attention)
+  c.model.overrides.head_dim = 0       # decoders
   c.model.layers = ()            # keep only these source layers (DistilBERT-style small model); () = all
   c.model.dtype = "float32"       # compute dtype; params stay float32. bfloat16 pays on GPU/TPU/AMX CPUs
   c.model.pooling = "mean"        # "cls" | "mean" | "pooler"
@@ -56,6 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
   # With label_fraction < 1: False -> train on the labeled subset only; True -> keep every training
   # input, the unlabeled rest with label -1 (ignored by label losses, used by distillation losses).
   c.data.keep_unlabeled = False
+  # causal_lm task: the instruction prompt (research/data/prompts.py; "" -> the one of data.name /
+  # data.config) and how many words of a long context (PubMedQA) the prompt keeps.
+  c.data.prompt_task = ""
+  c.data.context_words = 200
 
   c.mask = ml_collections.ConfigDict()
   c.mask.rule = "full"            # full | head_only | last_k | bitfit | lora | regex

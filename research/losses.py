@@ -122,6 +122,19 @@ def sigmoid_cross_entropy(*, logits_BxC: Array, labels_BxC: Array, valid_B: Arra
   return loss, {"bce": loss, "accuracy": acc}
 
 
+def token_nll(*, token_logprobs_BxL: Array, mask_BxL: Array) -> LossOut:
+  """Mean negative log-likelihood of the masked tokens (SFT: the answer tokens only).
+
+  Args:
+    token_logprobs_BxL: log p(token_t | tokens_<t), f32.
+    mask_BxL: 1 on tokens that count (answer tokens of real rows), 0 on prompt and padding.
+  """
+  mask_BxL = _f32(mask_BxL)
+  total = jnp.sum(-_f32(token_logprobs_BxL) * mask_BxL)
+  nll = total / jnp.maximum(jnp.sum(mask_BxL), 1.0)
+  return nll, {"nll": nll, "tokens": jnp.sum(mask_BxL)}
+
+
 def labels_only(*, student_logits_BxC: Array, teacher_logits_BxC: Array, valid_B: Array,
                 label_smoothing: float = 0.0, multilabel: bool = False) -> LossOut:
   """Hard-label distillation: cross-entropy on the teacher's answers, no soft targets.

