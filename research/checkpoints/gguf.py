@@ -252,6 +252,26 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
   return w.reshape(n_head, 2, d, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _gguf_tensors(params: Params, cfg: DecoderConfig) -> list[tuple[str, Any, bool]]:
+  """(llama.cpp name, our array, transpose?) for every tensor of the file, in llama.cpp order."""
+  inv_layer = {v: k for k, v in _LAYER.items()}
+  out = [("token_embd.weight", params["decoder"]["embed"]["embedding"], False)]
+  for i in range(cfg.num_layers):
+    layer = params["decoder"][f"layer_{i}"]
+    for our, gg in sorted(inv_layer.items(), key=lambda kv: kv[1]):
+      node = layer
+      for key in our:
+        node = node.get(key) if isinstance(node, Mapping) else None
+        if node is None:
+          break
+      if node is not None:
+        out.append((f"blk.{i}.{gg}", node, our[-1] == "kernel"))
+  out.append(("output_norm.weight", params["decoder"]["final_norm"]["scale"], False))
+  if not cfg.tie_word_embeddings:
+    out.append(("output.weight", params["lm_head"]["kernel"], True))
+  return out
+
+
 def save_gguf(params: Params, cfg: DecoderConfig, path: str | os.PathLike[str], *,
               qtype: str = "F32", template: str | os.PathLike[str] | None = None,
               name: str = "research-decoder") -> pathlib.Path:
@@ -301,21 +321,7 @@ def save_gguf(params: Params, cfg: DecoderConfig, path: str | os.PathLike[str], 
       if value is not None:
         w.add_uint32(f"tokenizer.ggml.{key}_token_id", int(value))
 
-  inv_layer = {v: k for k, v in _LAYER.items()}
-  out = [("token_embd.weight", params["decoder"]["embed"]["embedding"], False)]
-  for i in range(cfg.num_layers):
-    layer = params["decoder"][f"layer_{i}"]
-    for our, gg in sorted(inv_layer.items(), key=lambda kv: kv[1]):
-      node = layer
-      for key in our:
-        node = node.get(key) if isinstance(node, Mapping) else None
-        if node is None:
-          break
-      if node is not None:
-        out.append((f"blk.{i}.{gg}", node, our[-1] == "kernel"))
-  out.append(("output_norm.weight", params["decoder"]["final_norm"]["scale"], False))
-  if not cfg.tie_word_embeddings:
-    out.append(("output.weight", params["lm_head"]["kernel"], True))
+  out = _gguf_tensors(params, cfg)
   for tname, x, transpose in out:
     x = np.asarray(x, np.float32)
     x = np.ascontiguousarray(x.T if transpose else x)  # HF (out, in) = reversed GGUF shape
