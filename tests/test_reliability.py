@@ -500,3 +500,25 @@ def test_csv_bom_is_accepted_and_an_unclosed_quote_is_pointed_at(tmp_path):
   with pytest.raises(ValueError, match=r"line 3, column 1: a quoted field opens here and never "
                                        r"closes"):
     list(local_text.read_rows(path))
+
+
+def test_a_student_of_a_retrained_teacher_stops(tmp_path):
+  teacher = tmp_path / "teacher"
+  train.run(_teacher_config(teacher))
+  student = _short(tmp_path / "student")
+  student.model.overrides.num_layers = 4
+  student.distill.teacher = str(teacher)
+  student.distill.student_layers = (0, 2)
+  train.run(student)
+  retrained = _teacher_config(teacher)
+  retrained.optim.lr = 1e-3
+  train.run(retrained, overwrite=True)
+  with pytest.raises(ValueError,
+                     match=r"teacher \S+/teacher \(retrained\) \"\w+\" → \"\w+\".*--overwrite"):
+    train.run(student)
+
+
+def _teacher_config(workdir):
+  c = _short(workdir)
+  c.model.overrides.num_layers = 4
+  return c

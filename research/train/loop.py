@@ -132,6 +132,8 @@ def _claim_workdir(config: Any, workdir: str, overwrite: bool) -> None:
   """Stops before any compute when `workdir` holds a run with other settings (unless
   `overwrite`); then records this run's fingerprint there."""
   diff = workdir_diff(config, workdir)
+  teachers = _teacher_ids(config)
+  diff.update(_teachers_diff(workdir, teachers))
   if diff and not overwrite:
     raise ValueError(
         f"{workdir} holds a run with other settings ({record_lib.describe_diff(diff)}); use a new "
@@ -147,7 +149,29 @@ def _claim_workdir(config: Any, workdir: str, overwrite: bool) -> None:
   if jax.process_index() == 0:
     record_lib.write_json(os.path.join(workdir, FINGERPRINT_FILE),
                           {"fingerprint": record_lib.fingerprint(config),
-                           "config": json.loads(config.to_json())})
+                           "config": json.loads(config.to_json()), "teachers": teachers})
+
+
+def _teacher_ids(config: Any) -> dict[str, str]:
+  """{teacher dir: fingerprint of the run it holds ("" for none yet)} of a distillation run."""
+  if not distill.is_distillation(config):
+    return {}
+  out = {}
+  for d in distill.teacher_dirs(config):
+    saved = saved_config(os.path.abspath(d))
+    out[d] = record_lib.fingerprint(saved) if saved is not None else ""
+  return out
+
+
+def _teachers_diff(workdir: str, teachers: dict[str, str]) -> dict:
+  """A student started against teachers that were retrained with other settings since."""
+  fp = os.path.join(workdir, FINGERPRINT_FILE)
+  if not os.path.exists(fp):
+    return {}
+  with open(fp) as f:
+    old = json.load(f).get("teachers") or {}
+  return {f"teacher {d} (retrained)": (old[d], now) for d, now in teachers.items()
+          if old.get(d) and now and old[d] != now}
 
 
 class WorkdirLock:
