@@ -101,11 +101,19 @@ def test_rerun_with_changed_settings_stops_naming_the_fields(tmp_path):
 
 
 def test_fresh_start_ignores_an_old_export(tmp_path):
-  train.run(_short(tmp_path))
-  shutil.rmtree(tmp_path / "checkpoints")  # "delete checkpoints to restart"
-  best_before = json.loads((tmp_path / "result.json").read_text())["metrics"]["best_validation"]
+  """An export left by an earlier attempt (no checkpoints) must not compete with a new run's."""
+  first = train.run(_short(tmp_path))
+  fake = store_lib.BestExport(tmp_path, "accuracy")  # an old "perfect" export at step 99
+  params, meta = store_lib.load_best(tmp_path)
+  fake.update(99, {"accuracy": 1.0}, params, meta["model"])
+  fake.wait()
+  fake.close()
+  for name in ("checkpoints", "result.json", "fingerprint.json"):
+    p = tmp_path / name
+    shutil.rmtree(p) if p.is_dir() else p.unlink()
   again = train.run(_short(tmp_path))
-  assert again["metrics"]["best_validation"] == best_before  # recomputed, same deterministic run
+  assert again["metrics"]["best_validation"] == first["metrics"]["best_validation"]
+  assert again["metrics"]["best_validation"]["step"] != 99
 
 
 def _fake_grid(tmp_path) -> ml_collections.ConfigDict:
@@ -452,15 +460,26 @@ def test_a_torn_cell_record_is_named_and_rerun(tmp_path, capsys):
   assert path.with_name(path.name + ".corrupt").exists()
 
 
-def test_write_json_is_atomic(tmp_path, monkeypatch):
-  target = tmp_path / "r.json"
-  record_lib.write_json(target, {"a": 1})
-  def boom(*a, **k):
-    raise OSError("disk full")
-  monkeypatch.setattr(os, "replace", boom)
-  with pytest.raises(OSError):
-    record_lib.write_json(target, {"a": 2})
-  assert json.loads(target.read_text()) == {"a": 1}
+def test_latency_write_back_is_atomic(tmp_path, monkeypatch):
+  """compare.attach_latency rewrites cell records through the atomic writer (tmp + rename)."""
+  g = _fake_grid(tmp_path)
+  results = pathlib.Path(g.results_dir)
+  path = grid_lib.cell_file(results, "synthetic/head_only/seed0")
+  path.parent.mkdir(parents=True)
+  record = {"cell": "synthetic/head_only/seed0", "model": {"num_layers": 2}, "latency": {}}
+  path.write_text(json.dumps(record))
+  monkeypatch.setattr(compare.latency, "record_shapes", lambda records: {})
+  monkeypatch.setattr(compare.latency, "benchmark_missing", lambda *a, **k: {})
+  monkeypatch.setattr(compare.latency, "shape_key", lambda m: "k")
+  monkeypatch.setattr(compare.latency, "for_shape", lambda cache, key: [{"backend": "cpu"}])
+  def torn(*a, **k):  # a kill in the middle of the write
+    raise KeyboardInterrupt
+  monkeypatch.setattr(compare.record_lib, "write_json", torn)
+  monkeypatch.setattr(pathlib.Path, "write_text", lambda self, text: (
+      open(self, "w").write(text[:10]), torn()))
+  with pytest.raises(KeyboardInterrupt):
+    compare.attach_latency([dict(record)], g, results)
+  assert json.loads(path.read_text()) == record  # the old record, whole
 
 
 # ----------------------------------------------------------------------------- 11. one-line errors
