@@ -19,6 +19,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from research.train.loop import RunInterrupted
+
 _DEBUG = flags.DEFINE_bool("debug", False, "On an error, show the full traceback.")
 
 # What a user can cause and fix: bad values, missing files, a busy workdir, a diverged run.
@@ -81,13 +83,13 @@ def run(main: Callable[[list[str]], object]) -> None:
     quiet_logs()
     try:
       return main(argv)
+    except RunInterrupted as e:  # a checkpoint was saved; the message says how to resume
+      print(one_line(e), file=sys.stderr, flush=True)
+      sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
       print("interrupted", file=sys.stderr, flush=True)
       sys.exit(EXIT_INTERRUPTED)
     except Exception as e:  # pylint: disable=broad-except
-      if type(e).__name__ == "RunInterrupted":
-        print(one_line(e), file=sys.stderr, flush=True)
-        sys.exit(EXIT_INTERRUPTED)
       if _DEBUG.value or not isinstance(e, USER_ERRORS):
         raise
       _fail(f"{one_line(e)} (--debug shows the traceback)")
