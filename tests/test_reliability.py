@@ -110,7 +110,7 @@ def test_fresh_start_ignores_an_old_export(tmp_path):
   fake.close()
   for name in ("checkpoints", "result.json", "fingerprint.json"):
     p = tmp_path / name
-    shutil.rmtree(p) if p.is_dir() else p.unlink()
+    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
   again = train.run(_short(tmp_path))
   assert again["metrics"]["best_validation"] == first["metrics"]["best_validation"]
   assert again["metrics"]["best_validation"]["step"] != 99
