@@ -432,6 +432,8 @@ def run_with_teacher(config, runner: Callable[[Any], dict], *,
                               "first (experiments/finetune.py) or fix distill.teacher.")
     t_config = teacher_config(config)
     started = _has_run(missing[0])
+    train_missing_teacher = train_missing_teacher or bool(
+        config.distill.get("train_missing_teacher", False))
     if not started and not train_missing_teacher:
       raise FileNotFoundError(
           f"teacher {missing[0]!r} has no run (distill.teacher); fix the path, or pass "

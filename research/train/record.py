@@ -44,7 +44,7 @@ def write_json(path: str | os.PathLike, obj: Any, default: Any = float) -> None:
 # covers a whole section.
 NON_RESULT_FIELDS = ("name", "workdir", "compile_cache_dir", "overwrite", "tags.*",
                      "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                     "data.manual_dir", "data.data_dir")
+                     "data.manual_dir", "data.data_dir", "distill.train_missing_teacher")
 # Mapping-valued fields compared whole (a loss added to distill.losses is a change).
 _LEAVES = ("distill.losses",)
 
