@@ -20,6 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Compiled XLA programs kept on disk and reused by other seeds and reruns ("" = off).
   c.compile_cache_dir = "runs/.jax_cache"
   c.task = "classification"       # research/tasks: batches, loss, predictions, metrics
+  # A workdir whose run was trained with other result-changing settings stops the run; True
+  # discards that run and starts over (same as --overwrite on experiments/finetune.py, distill.py).
+  c.overwrite = False
   # Labels copied into the result record so the report can group runs (set by experiments/compare).
   c.tags = ml_collections.ConfigDict()
   c.tags.domain = ""
@@ -105,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.temperature = 2.0
   c.distill.top_k = 8             # kd_topk: teacher's top-k logits
   c.distill.layer_map = ()        # student layer i <- teacher layer layer_map[i] (hidden/attn KD)
+  c.distill.train_missing_teacher = False  # fine-tune a teacher whose dir holds no run (else refuse)
   return c
 
 

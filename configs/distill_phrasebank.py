@@ -2,11 +2,12 @@
 
 The student copies teacher layers (0, 2, 4) (DistilBERT init) and trains on
 0.5 · CE(labels) + 0.5 · T² · KL(teacher || student) at temperature T = 2. When
-runs/phrasebank_allagree/full holds no finished run, the teacher is fine-tuned there first with
-configs/finetune_phrasebank_allagree.py's settings (full fine-tuning).
+runs/phrasebank_allagree/full holds no run, --train_missing_teacher fine-tunes the teacher there
+first with configs/finetune_phrasebank_allagree.py's settings (full fine-tuning); without it the
+command refuses (a typo'd teacher path never trains a new teacher silently).
 
 Launch:
-  python -m experiments.distill --config configs/distill_phrasebank.py \
+  python -m experiments.distill --config configs/distill_phrasebank.py --train_missing_teacher \
       [--config.workdir=runs/phrasebank_allagree/kd_soft --config.distill.temperature=4]
 """
 
