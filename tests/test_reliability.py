@@ -375,6 +375,58 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, refe
                              rtol=0, atol=1e-6)
 
 
+KILLED_AT_10 = textwrap.dedent("""
+    import sys, time
+    import jax
+    from configs import smoke
+    from research import train
+    from research.train import step as step_lib
+
+    ref_dir, workdir, marker = sys.argv[1:]
+    config = smoke.get_config()
+    config.workdir = ref_dir
+    train.run(config)
+
+    make = step_lib.make_train_step
+    def make_hanging(*args, **kw):
+      step = make(*args, **kw)
+      calls = [0]
+      def hanging(state, batch, aux=None):
+        out = step(state, batch, aux)
+        calls[0] += 1
+        if calls[0] == 10:
+          jax.block_until_ready(out)
+          open(marker, "w").close()
+          time.sleep(600)
+        return out
+      return hanging
+    step_lib.make_train_step = make_hanging
+    config = smoke.get_config()
+    config.workdir = workdir
+    train.run(config)
+""")
+
+
+def test_kill_then_corrupt_latest_checkpoint_resumes_from_the_one_before(tmp_path):
+  """SIGKILL at step 10 (checkpoints 4 and 8 kept), truncate step 8: the rerun resumes at 4."""
+  from tests.processes import sigkill_when  # pylint: disable=g-import-not-at-top
+  ref, killed, marker = tmp_path / "ref", tmp_path / "killed", tmp_path / "hanging"
+  proc = subprocess.Popen([sys.executable, "-c", KILLED_AT_10, str(ref), str(killed), str(marker)],
+                          env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  sigkill_when(proc, lambda: marker.exists() and (killed / "checkpoints" / "8").is_dir(),
+               lambda: proc.stdout.read().decode(), timeout=240, what="step 10 of the killed run")
+  _corrupt(killed / "checkpoints" / "8", "truncated_array")
+  rerun = subprocess.run([sys.executable, "-m", "experiments.finetune", "--config",
+                          "configs/smoke.py", f"--config.workdir={killed}"],
+                         env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "checkpoint step 8" in rerun.stderr and "trying the previous one" in rerun.stderr
+  ref_losses, resumed = _train_losses(ref), _train_losses(killed)
+  assert sorted(resumed) == list(range(1, 13))
+  np.testing.assert_allclose([resumed[s] for s in range(5, 13)],
+                             [ref_losses[s] for s in range(5, 13)], rtol=0, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- 8. workdir lock
 
 
