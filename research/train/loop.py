@@ -287,6 +287,7 @@ class _Trainer:
     self.config, self.s, self.steps, self.store, self.plan = config, s, steps, store, plan
     self.log = record_lib.MetricsLog(os.path.join(workdir, "metrics.jsonl"), start_step)
     self.best = store_lib.BestExport(workdir, s.task.primary_metric)
+    self.git_sha = record_lib.git_sha()  # the code this session trains with, not at its end
     self.flops = flops_lib.FlopCounter(config, s, position, resumed=start_step > 0)
     self.examples_seen = int(position["examples_seen"])
     self.train_seconds = float(position["train_seconds"])
@@ -504,7 +505,7 @@ def _finish(config, s, tr: _Trainer, session_seconds: float, workdir: str, t_sta
       "domain": tags.domain,
       "task": tags.task or "/".join(x for x in (d.name, d.config) if x),
       "series": tags.series, "label_fraction": d.label_fraction, "seed": config.seed,
-      "config": json.loads(config.to_json()), "git_sha": record_lib.git_sha(),
+      "config": json.loads(config.to_json()), "git_sha": tr.git_sha,
       "primary_metric": s.task.primary_metric,
       "metrics": {"test": test_metrics, "validation": val_metrics,
                   "best_validation": {"step": tr.best.best_step,
