@@ -13,8 +13,10 @@ from experiments import bench_decoder
 from research.models import decoder
 from research.models import registry
 
+# The peer needs torch (dev-only) and the shared peer script beside the checkout.
 _TORCH = (importlib.util.find_spec("torch") is not None
-          and importlib.util.find_spec("transformers") is not None)
+          and importlib.util.find_spec("transformers") is not None
+          and bench_decoder.PEER_SCRIPT.exists())
 
 
 def test_even_layers_match_the_peer_script():
