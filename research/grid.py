@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from research import train
 from research.checkpoints import store as store_lib
-from research.train import loop as loop_lib
+from research.train import workdir as workdir_lib
 from research.train import record as record_lib
 
 DATA_EFFICIENCY_SERIES = ("teacher", "control", "student")
@@ -226,7 +226,7 @@ def stale_cells(grid: ml_collections.ConfigDict, all_cells: Sequence[Cell] | Non
     record = read_record(path) if path.exists() else None
     diff = cell_diff(record, c) if record is not None else {}
     if not diff and record is None:  # a half-finished run of other settings
-      diff = loop_lib.workdir_diff(c.config)
+      diff = workdir_lib.workdir_diff(c.config)
     if diff:
       stale[c.name] = diff
   for c in all_cells:  # teachers come first
@@ -293,7 +293,7 @@ def run_grid(grid: ml_collections.ConfigDict,
     bar.set_postfix_str(cell.name)
     t0 = time.time()
     if cell.name in stale:
-      loop_lib.clear_run(str(pathlib.Path(cell.config.workdir).resolve()))
+      workdir_lib.clear_run(str(pathlib.Path(cell.config.workdir).resolve()))
     record = runner(copy.deepcopy(cell.config))
     record.setdefault("cell", cell.name)
     record.setdefault("grid_seconds", time.time() - t0)

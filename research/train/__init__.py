@@ -5,7 +5,8 @@
   step.py      TrainState; the one pure per-device train step (jit over a mesh, or pmap); eval step
   flops.py     training FLOPs (XLA cost analysis per compiled step, analytic fallback)
   setup.py     config checks; model / student, mask and task of a run
-  record.py    metrics.jsonl, atomic JSON, git sha
+  record.py    metrics.jsonl, atomic JSON, git sha, fingerprints of result-changing settings
+  workdir.py   the run directory's guards: the settings it was trained with, a lock, SIGINT/SIGTERM
   loop.py      run(config) -> run directory + result record
 """
 
