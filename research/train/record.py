@@ -87,7 +87,7 @@ def fingerprint(config: Any) -> str:
 def config_diff(old: Any, new: Any, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
   """Result fields whose value differs: {dotted name: (old, new)}.
 
-  Fields present on one side only (added to or removed from configs/common.py since `old` was
+  Fields present on one side only (added to the base config, or dropped from it, since `old` was
   written) are not a difference: a new field's default keeps the old behaviour.
   """
   a, b = result_fields(old, ignore), result_fields(new, ignore)
