@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from research import train
 from research.checkpoints import store as store_lib
-from research.train import workdir as workdir_lib
 from research.train import record as record_lib
+from research.train import workdir as workdir_lib
 
 DATA_EFFICIENCY_SERIES = ("teacher", "control", "student")
 
@@ -42,27 +42,14 @@ class Cell:
   teachers: tuple[str, ...] = ()  # cell names whose exported params this cell needs
 
 
-# Run-config fields whose value is a whole mapping: a method's entry replaces them, not merges.
-_REPLACED = ("distill.losses",)
-
-
-def _flatten(d, prefix="") -> dict:
-  if isinstance(d, ml_collections.ConfigDict):
-    d = d.to_dict()
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict) and key not in _REPLACED:
-      out.update(_flatten(v, key + "."))
-    else:
-      out[key] = v
-  return out
+def _flatten(d) -> dict:
+  return record_lib.flatten(d.to_dict() if isinstance(d, ml_collections.ConfigDict) else d)
 
 
 def _apply(c: ml_collections.ConfigDict, overrides: ml_collections.ConfigDict | dict) -> None:
   """Sets dotted run-config fields; a field that is not in the run config fails (locked)."""
   for key, value in _flatten(overrides).items():
-    if key in _REPLACED:
+    if key in record_lib.MAPPING_FIELDS:
       section, field = key.rsplit(".", 1)
       c[section][field] = ml_collections.ConfigDict(value)
     else:

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from research.checkpoints import hf
 from research.models.decoder import DecoderConfig
 
 Params = dict[str, Any]
@@ -182,11 +183,6 @@ _LAYER = {  # llama.cpp name under blk.N -> our path under layer_N
 }
 
 
-def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
 
 def load_gguf(source: str | os.PathLike[str]) -> tuple[DecoderConfig, Params]:
   """Loads a llama/qwen2 GGUF as (DecoderConfig, numpy f32 params in decoder.py's layout).
@@ -216,11 +212,12 @@ def load_gguf(source: str | os.PathLike[str]) -> tuple[DecoderConfig, Params]:
       if permute and sub.startswith(("attn_q.", "attn_k.")):
         w = _unpermute(w, cfg.num_heads if sub.startswith("attn_q") else cfg.num_kv_heads)
       our = _LAYER[sub]
-      _set(params["decoder"], (f"layer_{i}",) + our, w.T.copy() if our[-1] == "kernel" else w)
+      hf.set_path(params["decoder"], (f"layer_{i}",) + our,
+                  w.T.copy() if our[-1] == "kernel" else w)
     elif name == "token_embd.weight":
-      _set(params["decoder"], ("embed", "embedding"), w)
+      hf.set_path(params["decoder"], ("embed", "embedding"), w)
     elif name == "output_norm.weight":
-      _set(params["decoder"], ("final_norm", "scale"), w)
+      hf.set_path(params["decoder"], ("final_norm", "scale"), w)
     elif name == "output.weight":
       params["lm_head"] = {"kernel": w.T.copy()}
     else:

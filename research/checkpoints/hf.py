@@ -190,13 +190,14 @@ def _bert_names(cfg: EncoderConfig) -> list[tuple[tuple[str, ...], str, bool, tu
   return names
 
 
-def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+def set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+  """tree[path[0]][path[1]]... = value, creating the inner dicts."""
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
   tree[path[-1]] = value
 
 
-def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+def get_path(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
   for key in path:
     tree = tree[key]
   return tree
@@ -235,7 +236,7 @@ def bert_from_hf(config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
         rng = np.random.default_rng(0)
         value = (rng.normal(0.0, cfg.initializer_range, shape) if path[-1] == "kernel"
                  else np.zeros(shape))
-        _set(encoder, path, np.asarray(value, np.float32))
+        set_path(encoder, path, np.asarray(value, np.float32))
         continue
       raise ValueError(f"{file}: tensor {name!r} is missing (config.json says "
                        f"{cfg.num_layers} layers); the checkpoint does not match its config.")
@@ -244,7 +245,7 @@ def bert_from_hf(config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
     if value.shape != hf_shape:
       raise ValueError(f"{file}: tensor {name!r} has shape {tuple(value.shape)}, expected "
                        f"{hf_shape} from config.json.")
-    _set(encoder, path, np.ascontiguousarray(value.T if transpose else value, np.float32))
+    set_path(encoder, path, np.ascontiguousarray(value.T if transpose else value, np.float32))
   params: Params = {"encoder": encoder}
   if "classifier.weight" in tensors:
     w, b = np.asarray(tensors["classifier.weight"]), np.asarray(tensors["classifier.bias"])
@@ -272,7 +273,7 @@ def bert_to_hf(params: Mapping[str, Any], cfg: EncoderConfig
   prefix = "bert." if hf_head else ""
   tensors = {}
   for path, hf, transpose, _ in _bert_names(cfg):
-    value = np.asarray(_get(params["encoder"], path), np.float32)
+    value = np.asarray(get_path(params["encoder"], path), np.float32)
     tensors[prefix + hf] = np.ascontiguousarray(value.T if transpose else value)
   if has_head:
     config["pooling"] = cfg.pooling

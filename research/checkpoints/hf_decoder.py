@@ -55,16 +55,6 @@ def _names(cfg: DecoderConfig) -> list[tuple[tuple[str, ...], str, tuple[int, ..
   return names
 
 
-def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-  for key in path[:-1]:
-    tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
-
-
-def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-  for key in path:
-    tree = tree[key]
-  return tree
 
 
 def decoder_from_hf(config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
@@ -85,7 +75,7 @@ def decoder_from_hf(config: Mapping[str, Any], tensors: Mapping[str, np.ndarray]
     if value.shape != (shape[::-1] if transpose else shape):
       raise ValueError(f"{file}: tensor {name!r} has shape {tuple(value.shape)}, expected "
                        f"{shape[::-1] if transpose else shape} from config.json.")
-    _set(params, path, np.ascontiguousarray(value.T if transpose else value))
+    hf.set_path(params, path, np.ascontiguousarray(value.T if transpose else value))
   return cfg, params
 
 
@@ -94,7 +84,7 @@ def decoder_to_hf(params: Mapping[str, Any], cfg: DecoderConfig
   """Converts (params, cfg) to (config.json dict, HF tensors); inverse of `decoder_from_hf`."""
   tensors = {}
   for path, name, _ in _names(cfg):
-    value = np.asarray(_get(params, path), np.float32)
+    value = np.asarray(hf.get_path(params, path), np.float32)
     tensors[name] = np.ascontiguousarray(value.T if path[-1] == "kernel" else value)
   return cfg.to_hf_dict(), tensors
 

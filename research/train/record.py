@@ -45,8 +45,9 @@ def write_json(path: str | os.PathLike, obj: Any, default: Any = float) -> None:
 NON_RESULT_FIELDS = ("name", "workdir", "compile_cache_dir", "overwrite", "tags.*",
                      "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                      "data.manual_dir", "data.data_dir", "distill.train_missing_teacher")
-# Mapping-valued fields compared whole (a loss added to distill.losses is a change).
-_LEAVES = ("distill.losses",)
+# Mapping-valued fields that are one value: compared whole (a loss added to distill.losses is a
+# change), and replaced whole by a grid method's overrides.
+MAPPING_FIELDS = ("distill.losses",)
 
 
 def _to_plain(config: Any) -> dict:
@@ -55,12 +56,13 @@ def _to_plain(config: Any) -> dict:
   return json.loads(json.dumps(dict(config), default=str))  # tuples -> lists, as stored
 
 
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """Nested config dict -> {"a.b.c": value}; MAPPING_FIELDS stay whole values."""
   out = {}
   for k, v in d.items():
     key = f"{prefix}{k}"
-    if isinstance(v, Mapping) and key not in _LEAVES:
-      out.update(_flat(v, key + "."))
+    if isinstance(v, Mapping) and key not in MAPPING_FIELDS:
+      out.update(flatten(v, key + "."))
     else:
       out[key] = v
   return out
@@ -75,7 +77,7 @@ def _ignored(key: str, extra: tuple[str, ...] = ()) -> bool:
 
 def result_fields(config: Any, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
   """The dotted run-config fields that change a run's result (JSON values), e.g. "optim.lr"."""
-  return {k: v for k, v in sorted(_flat(_to_plain(config)).items()) if not _ignored(k, ignore)}
+  return {k: v for k, v in sorted(flatten(_to_plain(config)).items()) if not _ignored(k, ignore)}
 
 
 def fingerprint(config: Any) -> str:
