@@ -11,6 +11,7 @@ import pytest
 
 from research.checkpoints import hf_decoder
 from research.models import decoder
+from tests.fixtures import tiny_qwen2
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
@@ -217,9 +218,9 @@ def test_hf_shape_mismatch_is_reported(tmp_path):
     hf_decoder.load_hf_decoder(tmp_path)
 
 
-def test_qwen2_golden_logits_match_transformers():
+def test_qwen2_golden_logits_match_transformers(tmp_path):
   golden = np.load(FIXTURES / "qwen2_tiny_golden.npz")
-  cfg, p = hf_decoder.load_hf_decoder(FIXTURES / "qwen2_tiny")
+  cfg, p = hf_decoder.load_hf_decoder(tiny_qwen2.write(tmp_path / "qwen2_tiny"))
   assert cfg.arch == "qwen2" and cfg.attention_bias and not cfg.tie_word_embeddings
   out = logits(cfg, p, golden["input_ids"])["logits"]
   np.testing.assert_allclose(out, golden["logits"], atol=1e-4, rtol=0)

@@ -10,6 +10,7 @@ import pytest
 from research import masking
 from research.models import decoder
 from research.models import registry
+from tests.fixtures import tiny_qwen2
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = decoder.DecoderConfig(vocab_size=64, hidden_size=16, num_layers=4, num_heads=2,
@@ -64,7 +65,7 @@ def test_family_interface_is_complete_for_every_family(tiny):
     assert fam.layout(cfg).layer_index(fam.layout(cfg).layer_format.format(i=3) + "/x") == 3
 
 
-def test_registry_loads_a_qwen2_folder_by_model_type():
-  cfg, params = registry.load_hf(ROOT / "tests" / "fixtures" / "qwen2_tiny")
+def test_registry_loads_a_qwen2_folder_by_model_type(tmp_path):
+  cfg, params = registry.load_hf(tiny_qwen2.write(tmp_path / "qwen2_tiny"))
   assert isinstance(cfg, decoder.DecoderConfig) and cfg.attention_bias
   assert "decoder" in params
