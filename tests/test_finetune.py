@@ -12,42 +12,13 @@ import pytest
 
 from configs import smoke
 from research import train
-from tests.processes import sigkill_when
+from tests.processes import killed_run_script, sigkill_when
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs the smoke config uninterrupted in `ref_dir`, then again in `workdir` but hanging after the
 # 6th train step (checkpoint at step 4, next at 8) so the test can SIGKILL it mid-interval.
-KILLED_RUN = textwrap.dedent("""
-    import sys, time
-    import jax
-    from configs import smoke
-    from research import train
-
-    ref_dir, workdir, marker = sys.argv[1:]
-    config = smoke.get_config()
-    config.workdir = ref_dir
-    train.run(config)
-
-    from research.train import step as step_lib
-    make = step_lib.make_train_step
-    def make_hanging(*args, **kw):
-      step = make(*args, **kw)
-      calls = [0]
-      def hanging(state, batch, aux=None):
-        out = step(state, batch, aux)
-        calls[0] += 1
-        if calls[0] == 6:
-          jax.block_until_ready(out)
-          open(marker, "w").close()
-          time.sleep(600)
-        return out
-      return hanging
-    step_lib.make_train_step = make_hanging
-    config = smoke.get_config()
-    config.workdir = workdir
-    train.run(config)
-""")
+KILLED_RUN = killed_run_script(6)
 
 
 def _config(workdir, **overrides):

@@ -1,12 +1,10 @@
 """Nothing silently wrong (issue 14): fingerprints, data checks, config checks, recoverable failures,
 one-line errors and quiet logs, on the smoke configs."""
 
-import copy
 import json
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -27,6 +25,7 @@ from research.checkpoints import store as store_lib
 from research.data import local_text
 from research.train import loop
 from research.train import record as record_lib
+from tests.processes import killed_run_script, sigkill_when
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -375,41 +374,11 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, refe
                              rtol=0, atol=1e-6)
 
 
-KILLED_AT_10 = textwrap.dedent("""
-    import sys, time
-    import jax
-    from configs import smoke
-    from research import train
-    from research.train import step as step_lib
-
-    ref_dir, workdir, marker = sys.argv[1:]
-    config = smoke.get_config()
-    config.workdir = ref_dir
-    train.run(config)
-
-    make = step_lib.make_train_step
-    def make_hanging(*args, **kw):
-      step = make(*args, **kw)
-      calls = [0]
-      def hanging(state, batch, aux=None):
-        out = step(state, batch, aux)
-        calls[0] += 1
-        if calls[0] == 10:
-          jax.block_until_ready(out)
-          open(marker, "w").close()
-          time.sleep(600)
-        return out
-      return hanging
-    step_lib.make_train_step = make_hanging
-    config = smoke.get_config()
-    config.workdir = workdir
-    train.run(config)
-""")
+KILLED_AT_10 = killed_run_script(10)
 
 
 def test_kill_then_corrupt_latest_checkpoint_resumes_from_the_one_before(tmp_path):
   """SIGKILL at step 10 (checkpoints 4 and 8 kept), truncate step 8: the rerun resumes at 4."""
-  from tests.processes import sigkill_when  # pylint: disable=g-import-not-at-top
   ref, killed, marker = tmp_path / "ref", tmp_path / "killed", tmp_path / "hanging"
   proc = subprocess.Popen([sys.executable, "-c", KILLED_AT_10, str(ref), str(killed), str(marker)],
                           env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
