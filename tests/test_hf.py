@@ -165,7 +165,7 @@ def _tiny_checkpoint(folder):
 def _random_encoder_params(cfg, rng):
   params = {}
   for path, _, _, shape in hf._bert_names(cfg):  # pylint: disable=protected-access
-    hf._set(params, path, rng.normal(size=shape).astype(np.float32))  # pylint: disable=protected-access
+    hf.set_path(params, path, rng.normal(size=shape).astype(np.float32))
   return params
 
 
