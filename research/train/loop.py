@@ -285,8 +285,8 @@ def run(config: Any, *, overwrite: bool = False) -> dict:
     RunInterrupted: SIGINT/SIGTERM; a checkpoint at the current step was saved first.
   """
   t_start = time.time()
+  parallel.maybe_initialize_distributed()  # before check_config: it asks for the device count
   setup_lib.check_config(config)
-  parallel.maybe_initialize_distributed()
   workdir = os.path.abspath(config.workdir)
   os.makedirs(workdir, exist_ok=True)
   lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None

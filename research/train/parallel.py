@@ -23,6 +23,8 @@ def maybe_initialize_distributed() -> bool:
   job with more than one task (jax auto-detects those). Returns True when initialised here.
   """
   env = os.environ
+  if jax.distributed.is_initialized():  # a second run in the same process
+    return False
   if env.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize(
         coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
