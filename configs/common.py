@@ -96,6 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2
   c.train.best_metric = "accuracy"
   c.train.parallel = "jit"        # jit | pmap
+  # > 1: params, optimizer state and teachers split over an "fsdp" mesh axis of this many devices
+  # (research/train/sharding.py), for models larger than one device; "jit" only; 1 = replicated.
+  c.train.fsdp = 1
   c.train.label_smoothing = 0.0
 
   c.distill = ml_collections.ConfigDict()

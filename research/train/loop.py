@@ -7,6 +7,7 @@ metrics (research/tasks/), and the family for `apply` and FLOPs (research/models
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ from research.train import optim
 from research.train import parallel
 from research.train import record as record_lib
 from research.train import setup as setup_lib
+from research.train import sharding
 from research.train import step as step_lib
 from research.train.workdir import RunInterrupted, WorkdirLock, claim_workdir, StopSignals
 
@@ -91,19 +93,30 @@ class Steps:
   eval: Any
   aux: Any
   mesh: Any
+  place: Any    # host state / params -> on the mesh as these steps expect them
 
 
 def compile_steps(config: Any, s: setup_lib.RunSetup, tx: Any, schedule: Any) -> Steps:
-  p = config.train.parallel
-  mesh = parallel.make_mesh() if p == "jit" else None
+  p, fsdp = config.train.parallel, config.train.get("fsdp", 1)
+  mesh = parallel.make_mesh(fsdp=fsdp) if p == "jit" else None
+  # fsdp > 1: params, optimizer state and teachers sharded over "fsdp" (train/sharding.py).
+  place = (functools.partial(sharding.place, mesh=mesh) if fsdp > 1 else
+           functools.partial(parallel.place_state, parallel=p, mesh=mesh))
   kd = s.kd.distillation(config) if s.kd is not None else None
   loss_fn = s.task.loss_fn(s.apply, kd=kd, label_smoothing=config.train.label_smoothing)
   # Teachers: placed once, passed to every step, never trained.
-  aux = jax.device_put(s.kd.aux) if s.kd is not None else None
+  aux = None
+  if s.kd is not None:  # under fsdp a big teacher is sharded too
+    aux = place(s.kd.aux) if fsdp > 1 else jax.device_put(s.kd.aux)
+  if fsdp > 1:
+    train = sharding.make_train_step(loss_fn, tx, grad_accum=config.optim.grad_accum, mesh=mesh,
+                                     trainable=s.labels, learning_rate_fn=schedule)
+    evaluate = sharding.make_eval_step(s.task.predict_fn(s.apply), mesh=mesh)
+    return Steps(train=train, eval=evaluate, aux=aux, mesh=mesh, place=place)
   train = step_lib.make_train_step(loss_fn, tx, grad_accum=config.optim.grad_accum, parallel=p,
                                    mesh=mesh, trainable=s.labels, learning_rate_fn=schedule)
   evaluate = step_lib.make_eval_step(s.task.predict_fn(s.apply), parallel=p, mesh=mesh)
-  return Steps(train=train, eval=evaluate, aux=aux, mesh=mesh)
+  return Steps(train=train, eval=evaluate, aux=aux, mesh=mesh, place=place)
 
 
 def evaluate(steps: Steps, params: Any, task: Any, split: str, batch_size: int) -> dict:
@@ -223,7 +236,7 @@ class _Trainer:
     val = evaluate(self.steps, state.params, self.s.task, "validation",
                    self.config.data.eval_batch_size)
     self.log.write({"step": step, "split": "validation", **record_lib.scalars(val)})
-    self.best.update(step, val, jax.device_get(masking.model_params(params_now)), self.model_meta)
+    self.best.update(step, val, parallel.to_host(masking.model_params(params_now)), self.model_meta)
 
 
 def _train(tr: _Trainer, state, it, start_step: int) -> tuple[Any, float]:
@@ -311,7 +324,7 @@ def _run(config: Any, workdir: str, t_start: float) -> dict:
   start_step = int(state.step)
   steps = compile_steps(config, s, tx, schedule)
   tr = _Trainer(config, s, steps, store, position, plan, workdir, start_step)
-  state = parallel.place_state(state, config.train.parallel, steps.mesh)
+  state = steps.place(state)
   it = s.task.train_batches(batch_size=config.data.batch_size, seed=config.seed,
                             epoch=position["epoch"], step=position["step"])
   with StopSignals() as stop:
@@ -328,7 +341,7 @@ def _run(config: Any, workdir: str, t_start: float) -> dict:
 def _finish(config, s, tr: _Trainer, session_seconds: float, workdir: str, t_start: float) -> dict:
   """Validation and test metrics of the best-by-validation params; exports; the result record."""
   best_params, _ = store_lib.load_best(workdir)
-  placed = parallel.place_state(best_params, config.train.parallel, tr.steps.mesh)
+  placed = tr.steps.place(best_params)
   bs = config.data.eval_batch_size
   val_metrics = evaluate(tr.steps, placed, s.task, "validation", bs)
   test_metrics = evaluate(tr.steps, placed, s.task, "test", bs)  # test: read once, here

@@ -1,4 +1,4 @@
-"""Devices: multi-process start-up, the data mesh, and placing state and batches on it."""
+"""Devices: multi-process start-up, the ("data"[, "fsdp"]) mesh, and placing state and batches."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from typing import Any, Mapping
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
@@ -14,6 +15,7 @@ PyTree = Any
 Batch = Mapping[str, Any]
 PARALLEL = ("jit", "pmap")
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
 
 
 def maybe_initialize_distributed() -> bool:
@@ -37,10 +39,24 @@ def maybe_initialize_distributed() -> bool:
   return False
 
 
-def make_mesh(devices: Any = None) -> Mesh:
-  """1-D mesh over all (global) devices with the batch axis "data"."""
+def make_mesh(devices: Any = None, fsdp: int = 1) -> Mesh:
+  """Mesh over all (global) devices: 1-D "data", or ("data", "fsdp") with `fsdp` > 1.
+
+  Devices come in process order, so an fsdp group (a row) stays inside one host when its local
+  device count is a multiple of `fsdp`: parameter all-gathers then never leave the host.
+  """
   devices = np.asarray(jax.devices() if devices is None else devices)
-  return Mesh(devices.reshape(-1), (DATA_AXIS,))
+  if fsdp == 1:
+    return Mesh(devices.reshape(-1), (DATA_AXIS,))
+  if devices.size % fsdp:
+    raise ValueError(f"train.fsdp={fsdp} does not divide the {devices.size} devices.")
+  return Mesh(devices.reshape(-1, fsdp), (DATA_AXIS, FSDP_AXIS))
+
+
+def batch_spec(mesh: Mesh) -> P:
+  """Batch rows split over every mesh axis (under fsdp each device still gets its own rows)."""
+  names = tuple(mesh.axis_names)
+  return P(DATA_AXIS) if names == (DATA_AXIS,) else P(names)
 
 
 def place_state(state: PyTree, parallel: str, mesh: Mesh | None = None) -> PyTree:
@@ -61,7 +77,7 @@ def unplace_state(state: PyTree, parallel: str) -> PyTree:
 
 
 def put_batch(batch: Batch, parallel: str, mesh: Mesh | None) -> Batch:
-  """Process-local numpy batch -> global array sharded on "data" (jit) or [n_local, B/n, ...]."""
+  """Process-local numpy batch -> global array split over the mesh (jit) or [n_local, B/n, ...]."""
   if parallel == "pmap":
     n = jax.local_device_count()
     def stack(x):
@@ -70,7 +86,7 @@ def put_batch(batch: Batch, parallel: str, mesh: Mesh | None) -> Batch:
                          f"devices; change data.batch_size / data.eval_batch_size.")
       return x.reshape(n, x.shape[0] // n, *x.shape[1:])
     return jax.tree.map(stack, dict(batch))
-  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  sharding = NamedSharding(mesh, batch_spec(mesh))
   n = mesh.devices.size // jax.process_count()
   def put(x):
     if isinstance(x, jax.Array) and x.sharding == sharding:
@@ -80,3 +96,11 @@ def put_batch(batch: Batch, parallel: str, mesh: Mesh | None) -> Batch:
                        f"devices; change data.batch_size / data.eval_batch_size.")
     return jax.make_array_from_process_local_data(sharding, np.asarray(x))
   return jax.tree.map(put, dict(batch))
+
+
+def to_host(tree: PyTree) -> PyTree:
+  """Device arrays -> numpy; arrays sharded across processes are gathered (every host gets all)."""
+  leaves = [x for x in jax.tree.leaves(tree) if isinstance(x, jax.Array)]
+  if all(x.is_fully_addressable or x.is_fully_replicated for x in leaves):
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)

@@ -80,6 +80,16 @@ def check_model_fit(config: Any, model_cfg: Any) -> None:
                      f"{positions} positions (max_position_embeddings); use <= {positions}.")
 
 
+def _check_fsdp(t: Any, n_dev: int) -> None:
+  fsdp = t.get("fsdp", 1)
+  if not isinstance(fsdp, int) or isinstance(fsdp, bool) or fsdp < 1:
+    raise ValueError(f"train.fsdp={fsdp!r}; use a device count >= 1 (1 = replicated params).")
+  if fsdp > 1 and t.parallel != "jit":
+    raise ValueError(f"train.fsdp={fsdp} needs train.parallel='jit' (pmap replicates params).")
+  if n_dev % fsdp:
+    raise ValueError(f"train.fsdp={fsdp} must divide the {n_dev} devices.")
+
+
 def check_config(config: Any) -> None:
   """Fails with a one-line message on config values that would break the run (before compute)."""
   t, o, d = config.train, config.optim, config.data
@@ -101,6 +111,7 @@ def check_config(config: Any) -> None:
   if o.grad_accum < 1:
     raise ValueError(f"optim.grad_accum={o.grad_accum}; use >= 1.")
   n_dev = jax.device_count()
+  _check_fsdp(t, n_dev)
   if d.batch_size % (o.grad_accum * n_dev):
     raise ValueError(f"data.batch_size={d.batch_size} must be divisible by optim.grad_accum × "
                      f"devices = {o.grad_accum} × {n_dev}.")
