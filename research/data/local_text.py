@@ -1,11 +1,18 @@
 """`local_text`: a builder for a user's own CSV/JSONL text-classification files, any domain.
 
-Put `train.{csv,jsonl}` and optionally `validation.*` (or `dev.*`) and `test.*` in a folder and call
-`research.data.load("local_text", "<spec>", "train", manual_dir=<folder>)`. A missing validation or
-test split is carved from train (seeded, stratified, 10% each). The spec names the columns:
-`"text=sentence,text_pair=context,label=intent,id=uid,labels=neg|pos"` (all optional; defaults
-text=text, label=label, no text_pair, ids `<split>-<row>`, label names = sorted train labels).
-The built dataset's config name carries a hash of the files and the spec, so edited files rebuild.
+Put `train.{csv,tsv,jsonl}` and optionally `validation.*` (or `dev.*`) and `test.*` in a folder and
+call `research.data.load("local_text", "<spec>", "train", manual_dir=<folder>)`. A split that has
+no file is carved from train: validation.csv (or dev.csv) is used when present, else 10% of train
+(stratified by label, seed 0) becomes validation; the same for test. Before carving, train rows
+whose normalised text repeats are dropped (the first is kept), so carved splits never share a
+sentence with train (`dedupe=off` keeps them; `dedupe=strict` also drops train rows whose text is in
+your own validation/test files). The spec names the columns:
+`"text=sentence,text_pair=context,label=intent,id=uid,labels=neg|pos,dedupe=strict"` (all optional;
+defaults text=text, label=label, no text_pair, ids `<split>-<row>`). Labels may be strings or
+integers; class i is the i-th of `labels=` or, without it, of the distinct train labels sorted
+(numerically when all are integers, else as strings: "neg" < "neu" < "pos"). JSONL: one object per
+line with the same keys as the CSV columns. The built dataset's config name carries a hash of the
+files and the spec, so edited files rebuild.
 """
 
 from collections.abc import Iterator
@@ -19,8 +26,11 @@ import json
 import os
 import pathlib
 
+import sys
+
 import tensorflow_datasets as tfds
 
+from research.data import checks
 from research.data import splits as splits_lib
 from research.data.builders import base
 
@@ -28,6 +38,7 @@ SPLIT_SEED = 0
 CARVE_FRACTION = 0.1
 SPLIT_FILES = {"train": ("train",), "validation": ("validation", "dev"), "test": ("test",)}
 FORMATS = (".csv", ".tsv", ".jsonl")
+DEDUPE_MODES = ("auto", "strict", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,20 +49,34 @@ class LocalTextSpec:
   label: str = "label"
   id: str = ""
   labels: tuple[str, ...] = ()  # label names in class order; () -> sorted distinct train labels
+  dedupe: str = "auto"          # auto | strict | off (module docstring)
 
   @classmethod
   def parse(cls, spec: "str | LocalTextSpec | None") -> "LocalTextSpec":
-    """Parses `"key=value,..."` (keys: text, text_pair, label, id, labels as `a|b|c`)."""
+    """Parses `"key=value,..."` (keys: text, text_pair, label, id, labels as `a|b|c`, dedupe).
+
+    A bare word (no "=") is another dataset's config name left in `data.config` when a config
+    switched `data.name` to local_text (e.g. "binary"): it names no column, so it is ignored with
+    a note instead of failing.
+    """
     if isinstance(spec, LocalTextSpec):
       return spec
+    spec = (spec or "").strip()
+    if spec and "=" not in spec and "," not in spec:
+      print(f"local_text: data.config {spec!r} is not a column spec (it looks like another "
+            "dataset's config name); using the default columns text,label", file=sys.stderr)
+      spec = ""
     kwargs: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in (spec or "").split(","))):
+    for item in filter(None, (s.strip() for s in spec.split(","))):
       key, sep, value = item.partition("=")
       key = key.strip()
       if not sep or key not in {f.name for f in dataclasses.fields(cls)}:
         raise ValueError(f"local_text spec item {item!r}: expected key=value with key in "
                          "text, text_pair, label, id, labels (e.g. 'text=sentence,label=intent')")
       kwargs[key] = tuple(value.split("|")) if key == "labels" else value.strip()
+    if kwargs.get("dedupe", "auto") not in DEDUPE_MODES:
+      raise ValueError(f"local_text spec dedupe={kwargs['dedupe']!r}: use one of "
+                       f"{', '.join(DEDUPE_MODES)}")
     return cls(**kwargs)
 
 
@@ -125,6 +150,84 @@ def _label_str(value: Any, where: str) -> str:
   return str(value).strip()
 
 
+def read_user_splits(files: dict[str, pathlib.Path], spec: LocalTextSpec
+                     ) -> tuple[dict[str, list[base.Example]], list[str]]:
+  """The examples of each split file as given (no carving, no dedupe) and the label names."""
+  raw: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+  needed = [c for c in (spec.text, spec.text_pair, spec.label, spec.id) if c]
+  for split, path in files.items():
+    raw[split] = rows = list(read_rows(path))
+    if not rows:
+      raise ValueError(f"local_text: {path} has no rows; split {split!r} would be empty.")
+    missing = [c for c in needed if c not in rows[0][1]]
+    if missing:
+      raise ValueError(f"local_text: {path} lacks column(s) {missing} (has "
+                       f"{sorted(rows[0][1])}); name them in the spec, e.g. 'text=...,label=...'")
+  names = list(spec.labels)
+  if not names:
+    values = {_label_str(row.get(spec.label), w) for w, row in raw["train"]}
+    numeric = all(v.lstrip("-").isdigit() for v in values)
+    names = sorted(values, key=int) if numeric else sorted(values)
+  given = {}
+  for split, rows in raw.items():
+    examples = []
+    for row_no, (where, row) in enumerate(rows, start=1):
+      text = row.get(spec.text)
+      if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{where}: empty or non-text {spec.text!r} value {text!r}; fill it in "
+                         "or delete the row")
+      ex = {"id": str(row[spec.id]) if spec.id else f"{split}-{row_no:06d}",
+            "text": text.strip(),
+            "label": base.label_index(names, _label_str(row.get(spec.label), where), where)}
+      if spec.text_pair:
+        ex["text_pair"] = str(row.get(spec.text_pair) or "").strip()
+      examples.append(ex)
+    given[split] = examples
+  return given, names
+
+
+def user_splits(root: str | os.PathLike[str], spec: "str | LocalTextSpec | None" = None
+                ) -> tuple[dict[str, list[base.Example]], list[str]]:
+  """The user's split files in `root` as given (what the data checks look at first)."""
+  return read_user_splits(find_split_files(pathlib.Path(root)), LocalTextSpec.parse(spec))
+
+
+def _key(ex: base.Example) -> str:
+  return checks.normalise(ex["text"] + "\t" + ex.get("text_pair", ""))
+
+
+def make_splits(given: dict[str, list[base.Example]], spec: LocalTextSpec
+                ) -> tuple[dict[str, list[base.Example]], dict[str, int]]:
+  """Dedupes train (see the module docstring) and carves the missing splits from it.
+
+  Returns:
+    (split -> examples, notes {"dropped_duplicates", "dropped_overlap"}: train rows removed).
+  """
+  carve = [s for s in ("validation", "test") if s not in given]
+  train = list(given["train"])
+  notes = {"dropped_duplicates": 0, "dropped_overlap": 0}
+  if spec.dedupe == "strict":  # train rows your own validation/test files contain
+    held = {_key(ex) for s in ("validation", "test") for ex in given.get(s, ())}
+    kept = [ex for ex in train if _key(ex) not in held]
+    notes["dropped_overlap"], train = len(train) - len(kept), kept
+  if spec.dedupe == "strict" or (spec.dedupe == "auto" and carve):
+    seen: set[str] = set()
+    kept = []
+    for ex in train:
+      if (k := _key(ex)) not in seen:
+        seen.add(k)
+        kept.append(ex)
+    notes["dropped_duplicates"], train = len(train) - len(kept), kept
+  splits = {**given, "train": train}
+  if carve:
+    parts = splits_lib.stratified_partition(
+        [ex["id"] for ex in train], [ex["label"] for ex in train],
+        [1 - CARVE_FRACTION * len(carve)] + [CARVE_FRACTION] * len(carve), SPLIT_SEED)
+    for split, idx in zip(["train", *carve], parts):
+      splits[split] = [train[i] for i in idx]
+  return splits, notes
+
+
 class LocalText(base.DomainBuilder):
   """Builder over a folder of CSV/TSV/JSONL files (see the module docstring)."""
 
@@ -155,45 +258,9 @@ class LocalText(base.DomainBuilder):
 
   def _parse(self, files: dict[str, pathlib.Path]) -> tuple[dict[str, list[base.Example]],
                                                             list[str]]:
-    raw: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for split, path in files.items():
-      raw[split] = rows = list(read_rows(path))
-      if not rows:
-        raise ValueError(f"local_text: {path} has no rows; split {split!r} would be empty.")
-      needed = [c for c in (self.spec.text, self.spec.text_pair, self.spec.label, self.spec.id)
-                if c]
-      missing = [c for c in needed if c not in rows[0][1]]
-      if missing:
-        raise ValueError(f"local_text: {path} lacks column(s) {missing} (has "
-                         f"{sorted(rows[0][1])}); name them in the spec, e.g. 'text=...,label=...'")
-    names = list(self.spec.labels)
-    if not names:
-      values = {_label_str(row.get(self.spec.label), w) for w, row in raw["train"]}
-      numeric = all(v.lstrip("-").isdigit() for v in values)
-      names = sorted(values, key=int) if numeric else sorted(values)
-    splits = {}
-    for split, rows in raw.items():
-      examples = []
-      for row_no, (where, row) in enumerate(rows, start=1):
-        text = row.get(self.spec.text)
-        if not isinstance(text, str) or not text.strip():
-          raise ValueError(f"{where}: empty or non-text {self.spec.text!r} value {text!r}")
-        ex = {"id": str(row[self.spec.id]) if self.spec.id else f"{split}-{row_no:06d}",
-              "text": text.strip(),
-              "label": base.label_index(names, _label_str(row.get(self.spec.label), where), where)}
-        if self.spec.text_pair:
-          ex["text_pair"] = str(row.get(self.spec.text_pair) or "").strip()
-        examples.append(ex)
-      splits[split] = examples
-    carve = [s for s in ("validation", "test") if s not in splits]
-    self.CARVED_VALIDATION = "validation" in carve  # pylint: disable=invalid-name
-    if carve:
-      train = splits["train"]
-      parts = splits_lib.stratified_partition(
-          [ex["id"] for ex in train], [ex["label"] for ex in train],
-          [1 - CARVE_FRACTION * len(carve)] + [CARVE_FRACTION] * len(carve), SPLIT_SEED)
-      for split, idx in zip(["train", *carve], parts):
-        splits[split] = [train[i] for i in idx]
+    given, names = read_user_splits(files, self.spec)
+    splits, self.notes = make_splits(given, self.spec)
+    self.CARVED_VALIDATION = "validation" not in given  # pylint: disable=invalid-name
     return splits, names
 
   def _label_feature(self) -> tfds.features.FeatureConnector:
@@ -210,4 +277,5 @@ class LocalText(base.DomainBuilder):
 
   def _read_splits(self, files: base.FileGetter) -> dict[str, list[base.Example]]:
     del files  # parsed in __init__ (the label names are needed before building)
+    self.info.metadata.update(self.notes)
     return self._splits
