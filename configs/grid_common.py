@@ -105,8 +105,15 @@ def grid_config(domain: str) -> ml_collections.ConfigDict:
   de.series = ml_collections.ConfigDict(
       {"teacher": "finetune_full", "control": "small_labels_only", "student": "kd_soft"})
 
+  # One benchmark pass per table after the grid (research/latency.py): every shape compiled, then
+  # `rounds` interleaved rounds sharing iters / throughput_iters; p50 = median of round medians.
   g.latency = ml_collections.ConfigDict(
-      {"iters": 50, "warmup": 5, "throughput_batch": 64, "throughput_iters": 10, "seq_len": 64})
+      {"iters": 50, "warmup": 5, "throughput_batch": 64, "throughput_iters": 10, "seq_len": 64,
+       "rounds": 5})
+  # What a finished cell keeps on disk (research/checkpoints/store.prune_run): its best params and
+  # HF export always; the final params (keep_final); the last full training state with optimizer
+  # moments (keep_optimizer, 3x the params' size for AdamW), else deleted.
+  g.disk = ml_collections.ConfigDict({"keep_final": True, "keep_optimizer": False})
   return g
 
 

@@ -4,6 +4,12 @@
   python -m experiments.compare --config configs/bfsi.py         # full BFSI grid -> results/bfsi
   python -m experiments.compare --config configs/legal.py --only kd_soft
   python -m experiments.compare --config configs/bfsi.py --config.seeds='(0,)'
+  python -m experiments.compare --config configs/own_data.py --config.data.manual_dir=<folder>
+  python -m experiments.compare --config configs/own_data.py --data <folder>     # the same
+  python -m experiments.compare --config configs/legal.py --report_only --retime # latency again
+
+Your own data (configs/own_data.py, README "Your own data"): a folder with train.csv and test.csv
+(columns text,label) gets data checks, two baselines, a recipe sized to it and the full grid.
 
 Finished cells are skipped, so an interrupted run resumes where it stopped. A cell whose record
 was trained with other settings than its config now is stale: the job stops and names it, and
@@ -23,14 +29,24 @@ _CONFIG = config_flags.DEFINE_config_file(
     "Grid config (configs/<domain>.py[:arg]).", lock_config=True)
 _ONLY = flags.DEFINE_list("only", [], "Run only cells whose name contains one of these.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Skip training; rebuild tables from records.")
+_DATA = flags.DEFINE_string("data", None, "Your data folder: the same as "
+                            "--config.data.manual_dir (configs/own_data.py).")
+_RETIME = flags.DEFINE_bool("retime", False, "Time every model shape of the table again, in one "
+                            "pass (latency.json), even if timed before.")
 _RERUN_STALE = flags.DEFINE_bool("rerun_stale", False, "Rerun cells whose record was trained with "
                                  "other settings than the grid's config now.")
 
 
 def main(argv):
   del argv
-  compare.main(_CONFIG.value, only=_ONLY.value, report_only=_REPORT_ONLY.value,
-               rerun_stale=_RERUN_STALE.value)
+  grid = _CONFIG.value
+  if _DATA.value is not None:
+    if "manual_dir" not in grid.get("data", {}):
+      raise ValueError("--data is for configs/own_data.py (its data.manual_dir); this grid reads "
+                       "its datasets from its task configs.")
+    grid.data.manual_dir = _DATA.value
+  compare.main(grid, only=_ONLY.value, report_only=_REPORT_ONLY.value,
+               rerun_stale=_RERUN_STALE.value, retime=_RETIME.value)
 
 
 if __name__ == "__main__":

@@ -67,8 +67,7 @@ def _cell(grid, task, method: str, seed: int, runs_dir: pathlib.Path, fraction: 
           series: str = "") -> Cell:
   """Builds the run config of one (task, method, seed) cell: grid.run < task.run < method.run."""
   spec = method_def(grid, method)
-  c = copy.deepcopy(grid.run)
-  _apply(c, task.get("run", {}))
+  c = task_config(grid, task)
   c.seed = seed
   c.tags.domain = grid.domain
   c.tags.task = task.name
@@ -287,12 +286,28 @@ def run_grid(grid: ml_collections.ConfigDict,
     # atomic: a killed grid never leaves a half-written record
     record_lib.write_json(result_path(results_dir, cell), record, default=_json_default)
     save_curve(results_dir, cell)
+    prune(grid, cell)
   out = []
   for c in all_cells:
     path = result_path(results_dir, c)
     if path.exists() and (record := read_record(path)) is not None:
       out.append(record)
   return out
+
+
+def prune(grid: ml_collections.ConfigDict, cell: Cell) -> None:
+  """Applies the grid's disk policy (grid.disk; absent: keep everything) to a finished cell."""
+  disk = grid.get("disk")
+  if disk is not None:
+    store_lib.prune_run(cell.config.workdir, keep_final=disk.keep_final,
+                        keep_optimizer=disk.keep_optimizer)
+
+
+def task_config(grid: ml_collections.ConfigDict, task) -> ml_collections.ConfigDict:
+  """The run config every cell of `task` starts from (grid.run < task.run), before its method."""
+  c = copy.deepcopy(grid.run)
+  _apply(c, task.get("run", {}))
+  return c
 
 
 def _json_default(o):

@@ -43,7 +43,11 @@ REQUIRED_COLUMNS = (
     "retention_vs_teacher", "cpu_latency_ms_p50", "cpu_throughput_eps", "speedup_vs_teacher",
     "train_flops", "train_seconds", "labeled_examples", "unlabeled_examples")
 EXTRA_COLUMNS = ("kind", "seeds", "cpu_device", "cpu_latency_ms_p90", "cpu_throughput_batch",
-                 "train_flops_source", "teacher_flops")
+                 "train_flops_source", "teacher_flops", "model_layers", "model_width",
+                 "cpu_latency_ms_spread", "cpu_latency_rounds")
+# Rows of kind "baseline" (research/data/checks.py: majority class, TF-IDF + logistic regression)
+# are reference points, never the fine-tuned or distilled model the qualitative table names.
+BASELINE = "baseline"
 NAN = float("nan")
 
 
@@ -55,7 +59,8 @@ def load_records(results: str | os.PathLike[str] | Sequence[dict[str, Any]]) -> 
   """Reads result records.
 
   Args:
-    results: a directory (`cells/*.json` in it and every `result.json` below it, each one record
+    results: a directory (`cells/*.json` and `baselines/*.json` in it (research/data/checks.py's
+      baseline rows) and every `result.json` below it, each one record
       or a list of records), a `.json` file (record or list) or `.jsonl` file, or a list of dicts.
 
   Returns:
@@ -68,7 +73,8 @@ def load_records(results: str | os.PathLike[str] | Sequence[dict[str, Any]]) -> 
   else:
     path = Path(results)
     if path.is_dir():
-      files = sorted(set(path.glob("cells/*.json")) | set(path.rglob("result.json")))
+      files = sorted(set(path.glob("cells/*.json")) | set(path.glob("baselines/*.json"))
+                     | set(path.rglob("result.json")))
       if not files:
         raise FileNotFoundError(f"load_records: no cells/*.json or result.json under {path}; point "
                                 "at the results folder the experiment grid wrote.")
@@ -262,6 +268,10 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         "cpu_latency_ms_p90": _mean(c.get("batch1_p90_ms") for c in cpu),
         "cpu_throughput_eps": _mean(c.get("throughput_eps") for c in cpu),
         "cpu_throughput_batch": _mean(c.get("throughput_batch_size") for c in cpu),
+        "cpu_latency_ms_spread": _mean(c.get("batch1_spread_ms") for c in cpu),
+        "cpu_latency_rounds": _mean(c.get("rounds") for c in cpu),
+        "model_layers": _mean(_get(r, "model.num_layers") for r in rs),
+        "model_width": _width(rs[0]),
         "cpu_device": ", ".join(sorted({str(c.get("host_cpu") or c["device"]) for c in cpu
                                         if c.get("host_cpu") or c.get("device")})),
         "speedup_vs_teacher": NAN,
@@ -285,6 +295,61 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     row["speedup_vs_teacher"] = _ratio(teacher["cpu_latency_ms_p50"], row["cpu_latency_ms_p50"])
   rows.sort(key=lambda r: (r["domain"], r["task"], not r["is_teacher"], r["method"]))
   return rows
+
+
+def _width(rec: dict[str, Any]) -> str:
+  """What besides depth fixes a layer's cost: hidden, heads, FFN size ("" without a model)."""
+  m = rec.get("model") or {}
+  parts = [m.get(k) for k in ("hidden_size", "num_heads", "intermediate_size")]
+  return "D{}-H{}-F{}".format(*parts) if None not in parts else ""
+
+
+def latency_sanity(rows: Sequence[dict[str, Any]], backend: str = "cpu") -> list[dict[str, Any]]:
+  """Pairs of shapes of one table where fewer layers of the same width time slower.
+
+  Returns:
+    [{"domain", "task", "fewer", "more" (layer counts), "fewer_ms", "more_ms", "spread_ms" (the
+    larger round-to-round spread of the two; NaN when not recorded)}].
+  """
+  col = f"{backend}_latency_ms_p50"
+  out = []
+  for domain, task in _tasks(rows):
+    shapes: dict[tuple[str, float], dict[str, Any]] = {}
+    for r in rows:
+      if (r["domain"], r["task"]) == (domain, task) and _ok(r.get(col)) and r.get("model_width") \
+          and _ok(r.get("model_layers")):
+        shapes.setdefault((r["model_width"], r["model_layers"]), r)
+    for (wa, la), a in shapes.items():
+      for (wb, lb), b in shapes.items():
+        if wa == wb and la < lb and a[col] > b[col]:
+          spread = max(_num(a.get(f"{backend}_latency_ms_spread")) or NAN,
+                       _num(b.get(f"{backend}_latency_ms_spread")) or NAN)
+          out.append({"domain": domain, "task": task, "fewer": int(la), "more": int(lb),
+                      "fewer_ms": a[col], "more_ms": b[col], "spread_ms": spread})
+  return out
+
+
+def _latency_note(rs: Sequence[dict[str, Any]]) -> str:
+  """How the table's CPU latency was measured, and whether the depth sanity check holds."""
+  timed = [r for r in rs if _ok(r["cpu_latency_ms_p50"])]
+  if not timed:
+    return ""
+  rounds = {int(r["cpu_latency_rounds"]) for r in timed if _ok(r.get("cpu_latency_rounds"))}
+  spreads = [r["cpu_latency_ms_spread"] / r["cpu_latency_ms_p50"] for r in timed
+             if _ok(r.get("cpu_latency_ms_spread"))]
+  how = (f"CPU latency: one benchmark pass, {'/'.join(map(str, sorted(rounds)))} interleaved "
+         f"rounds; round-to-round spread of the medians up to {100 * max(spreads):.0f}% of p50."
+         if rounds and spreads else "CPU latency: timed per shape (no interleaved rounds recorded).")
+  bad = latency_sanity(timed)
+  if not bad:
+    return how + " Sanity check (fewer layers of the same width is not slower): holds."
+  why = "; ".join(
+      f"{b['fewer']} layers {fmt_num(b['fewer_ms'])} ms > {b['more']} layers "
+      f"{fmt_num(b['more_ms'])} ms" + (", within the round-to-round spread (timing noise)"
+                                       if _ok(b["spread_ms"]) and b["fewer_ms"] - b["more_ms"]
+                                       <= b["spread_ms"] else "")
+      for b in bad)
+  return how + f" Sanity check (fewer layers of the same width is not slower) does NOT hold: {why}."
 
 
 def teacher_row(rows: Sequence[dict[str, Any]], domain: str, task: str) -> dict[str, Any] | None:
@@ -466,13 +531,17 @@ LEGEND = """\
 - **Params**: total (trainable in parentheses). **Ckpt MB**: saved checkpoint size on disk
   (10⁶ bytes).
 - **CPU p50 ms**: median latency of one jitted forward at batch 1, after warm-up, synchronised;
-  **ex/s**: throughput at the largest benchmarked batch. Measured on the device named below.
+  **ex/s**: throughput at the largest benchmarked batch. Measured on the device named below; all
+  shapes of a table in one pass, interleaved over rounds (p50 = median of the round medians; the
+  note under each table gives the rounds and the spread).
 - **GPU p50 ms, GPU ex/s** (when measured): the same benchmark on the accelerator named below
   the table, possibly on another machine than training (`experiments/bench_latency.py`).
 - **Train FLOPs**: FLOPs of the training run as recorded (XLA cost analysis unless marked
   "analytic"); for distillation they include the teacher's forward passes, which table.csv
   also gives alone (`teacher_flops`). **Train time**: wall-clock training time.
 - **Labeled / unlabeled**: training examples used with and without labels.
+- **Kind baseline** (when present): the majority class of train, and TF-IDF + logistic regression
+  (its L2 picked on validation); no latency is timed for them.
 - The table uses the main full-label runs; the data-efficiency runs (teacher / control /
   student at each fraction of labels) appear in data_efficiency.png and the summary.
 """
@@ -512,6 +581,8 @@ def table_markdown(rows: Sequence[dict[str, Any]], summary_text: str = "") -> st
     for b in accel:
       devs = sorted({r.get(f"{b}_device") for r in rs if r.get(f"{b}_device")})
       lines[-1] += f" {b.upper()}: {', '.join(devs) or 'not measured'}."
+    if note := _latency_note(rs):
+      lines += ["", note]
     lines.append("")
   lines += ["## Legend", "", LEGEND]
   return "\n".join(lines)
@@ -644,7 +715,7 @@ def qualitative_markdown(rows: Sequence[dict[str, Any]], records: Sequence[dict[
   for domain, task in _tasks(rows):
     rs = [r for r in rows if (r["domain"], r["task"]) == (domain, task)]
     teacher = teacher_row(rows, domain, task)
-    ft_rows = [r for r in rs if r["kind"] != "distill"]
+    ft_rows = [r for r in rs if r["kind"] not in ("distill", BASELINE)]
     kd_rows = [r for r in rs if r["kind"] == "distill"]
     ft = teacher if teacher is not None and teacher["kind"] != "distill" else _best(ft_rows)
     kd = _best(kd_rows)
@@ -700,6 +771,20 @@ def qualitative_markdown(rows: Sequence[dict[str, Any]], records: Sequence[dict[
   return "\n".join(lines)
 
 
+def _baseline_lines(rs: Sequence[dict[str, Any]], teacher: dict[str, Any] | None, domain: str,
+                    task: str) -> list[str]:
+  """Is a transformer worth it here: the best baseline row against the teacher."""
+  base = _best(r for r in rs if r["kind"] == BASELINE)
+  if not base or not teacher:
+    return []
+  gap = 100 * (teacher["accuracy_mean"] - base["accuracy_mean"])
+  f1 = (f", macro-F1 {fmt_num(base['macro_f1_mean'])} vs {fmt_num(teacher['macro_f1_mean'])}"
+        if _ok(base["macro_f1_mean"]) and _ok(teacher["macro_f1_mean"]) else "")
+  return [f"- **{domain}/{task}**: the best baseline ({base['method']}) scores "
+          f"{fmt_num(base['accuracy_mean'])} accuracy vs the teacher's "
+          f"{fmt_num(teacher['accuracy_mean'])} ({gap:+.1f} points for the transformer{f1})."]
+
+
 def summary(records: Sequence[dict[str, Any]]) -> str:
   """Plain-language findings computed from the records: retention/speed-up, KD vs control regime."""
   rows = aggregate(records)
@@ -732,6 +817,7 @@ def summary(records: Sequence[dict[str, Any]]) -> str:
       lines.append(f"- **{domain}/{task}**: " + (
           "no teacher row (is_teacher), so no retention or speed-up." if not teacher
           else "no distilled student in the full-label runs."))
+    lines += _baseline_lines(rs, teacher, domain, task)
     task_diffs = [d for d in diffs if (d["domain"], d["task"]) == (domain, task)]
     if task_diffs:
       lines.append(f"- **{domain}/{task}**, KD student vs same-size control (test accuracy, "

@@ -7,6 +7,8 @@ Layout of a run directory:
   <run>/checkpoints/_CHECKPOINT_METADATA ... the run config (CheckpointManager metadata)
   <run>/best/<step>/params         params only (LoRA merged), the best validation metric so far
   <run>/best/<step>/meta           {"step", "metric", "value", "model": {...}} (model config)
+  <run>/final/<step>/params        the last step's params, written by `prune_run` when a grid
+                                   deletes a finished run's training checkpoints (disk policy)
 """
 
 from __future__ import annotations
@@ -218,3 +220,52 @@ def load_run_params(run_dir: str | os.PathLike) -> tuple[dict, Any]:
   params, meta = load_best(run_dir)
   family = registry.get_family(meta["model"]["family"])
   return params, family.config_cls(**meta["model"]["config"])
+
+
+def dir_bytes(path: str | os.PathLike) -> int:
+  """Bytes of the regular files under `path` (0 when it does not exist)."""
+  total = 0
+  for root, _, files in os.walk(os.fspath(path)):
+    for f in files:
+      p = os.path.join(root, f)
+      if not os.path.islink(p):
+        total += os.path.getsize(p)
+  return total
+
+
+def _step_dirs(directory: str) -> list[str]:
+  if not os.path.isdir(directory):
+    return []
+  steps = sorted((int(n) for n in os.listdir(directory) if n.isdigit()))
+  return [os.path.join(directory, str(s)) for s in steps]
+
+
+def prune_run(run_dir: str | os.PathLike, *, keep_final: bool = True,
+              keep_optimizer: bool = False) -> int:
+  """Disk policy for a finished run: what it needs afterwards, not every training checkpoint.
+
+  Kept always: best/ (the best-by-validation params students and reports read), the HF export,
+  records. `keep_final`: the last step's params as final/<step>/params. `keep_optimizer`: the last
+  full training checkpoint (optimizer moments, to resume or extend training); otherwise every
+  training checkpoint is deleted — a finished grid cell is never resumed (its record is its
+  result), and AdamW's two moments make a checkpoint 3x the params' size.
+
+  Returns:
+    bytes freed.
+  """
+  run_dir = os.path.abspath(os.fspath(run_dir))
+  ckpt_dir = os.path.join(run_dir, "checkpoints")
+  steps = _step_dirs(ckpt_dir)
+  if not steps:
+    return 0
+  before = dir_bytes(run_dir)
+  if keep_final and not _step_dirs(os.path.join(run_dir, "final")):
+    last = steps[-1]
+    state = ocp.StandardCheckpointer().restore(os.path.join(last, "state"))
+    params = state["params"] if isinstance(state, dict) else state.params
+    out = os.path.join(run_dir, "final", os.path.basename(last), "params")
+    ckptr = ocp.PyTreeCheckpointer()
+    ckptr.save(out, jax.tree.map(np.asarray, params))
+  for path in steps[:-1] if keep_optimizer else steps:
+    shutil.rmtree(path)
+  return before - dir_bytes(run_dir)
