@@ -65,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
   # data.config) and how many words of a long context (PubMedQA) the prompt keeps.
   c.data.prompt_task = ""
   c.data.context_words = 200
+  # causal_lm: a teacher-generations JSONL (research/seq_kd.py) whose answers replace the gold
+  # answers of the train examples without a kept label (all of them at label_fraction 1.0):
+  # sequence-level KD. "" = ground truth only.
+  c.data.answers = ""
 
   c.mask = ml_collections.ConfigDict()
   c.mask.rule = "full"            # full | head_only | last_k | bitfit | lora | regex
@@ -110,6 +114,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.losses = ml_collections.ConfigDict({"ce": 0.5, "kd_kl": 0.5})
   c.distill.temperature = 2.0
   c.distill.top_k = 8             # kd_topk: teacher's top-k logits
+  c.distill.beta = 0.5            # tok_jsd: GKD mixture weight of the teacher (0 < beta < 1)
+  c.distill.vocab_chunk = 8192    # token-level KD: vocabulary entries reduced at a time
+  # causal_lm token KD: > 0 caches the teacher's top-k next-token log-probs (+ tail) at the answer
+  # positions once (in the teacher's run dir), and students train against it; 0: teacher runs live.
+  c.distill.cache_top_k = 0
   c.distill.layer_map = ()        # student layer i <- teacher layer layer_map[i] (hidden/attn KD)
   c.distill.train_missing_teacher = False  # fine-tune a teacher whose dir holds no run (else refuse)
   return c

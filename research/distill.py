@@ -143,7 +143,7 @@ def check_compatible(student_cfg, teacher_cfg) -> None:
     raise ValueError(f"student vocab_size {student_cfg.vocab_size} != teacher vocab_size "
                      f"{teacher_cfg.vocab_size}; both must share the teacher's tokenizer (drop "
                      "model.overrides.vocab_size).")
-  if student_cfg.num_labels != teacher_cfg.num_labels:
+  if getattr(student_cfg, "num_labels", None) != getattr(teacher_cfg, "num_labels", None):
     raise ValueError(f"student num_labels {student_cfg.num_labels} != teacher num_labels "
                      f"{teacher_cfg.num_labels}; distil on the task the teacher was trained for.")
 
@@ -307,6 +307,7 @@ class DistillSetup:
   aux: tuple
   weights: dict
   family: str = "bert"
+  cached: bool = False   # the task holds the teacher's outputs (no teacher in the train step)
 
   def uses_labels(self) -> bool:
     """Whether ground-truth labels enter the loss (each loss declares it: losses.reads_labels)."""
@@ -319,9 +320,12 @@ class DistillSetup:
     return Distillation(
         weights=dict(self.weights), teachers=tuple(fam.bind(m) for m in self.teacher_models),
         temperature=d.temperature, layer_map=tuple(d.layer_map),
-        teacher_weights=tuple(d.teacher_weights) or None, top_k=d.top_k)
+        teacher_weights=tuple(d.teacher_weights) or None, top_k=d.top_k,
+        beta=d.get("beta", 0.5), vocab_chunk=d.get("vocab_chunk", 0))
 
   def teacher_forward_flops(self, batch: int, seq_len: int) -> float:
+    if self.cached:
+      return 0.0  # counted once, when the cache was built (its record: teacher_cache)
     fam = registry.get_family(self.family)
     return float(sum(fam.analytic_flops(c, batch, seq_len, False) for c in self.teacher_cfgs))
 
@@ -341,7 +345,7 @@ def _load_teachers(config, num_labels: int) -> list[tuple[Any, Any]]:
                               "finish the teacher's fine-tuning run first.")
   loaded = [store_lib.load_run_params(p) for p in dirs]
   for (_, c), p in zip(loaded, dirs):
-    if c.num_labels != num_labels:
+    if getattr(c, "num_labels", num_labels) != num_labels:  # decoders predict tokens, not labels
       raise ValueError(f"teacher {p!r} predicts {c.num_labels} labels but the dataset "
                        f"{config.data.name}/{config.data.config} has {num_labels}; use a teacher "
                        "fine-tuned on this task.")
@@ -375,8 +379,9 @@ def build_setup(config, *, num_labels: int, rng) -> DistillSetup:
   family = registry.get_family(config.model.family)
   t_cfgs = tuple(_replace(c, dtype=config.model.dtype) for _, c in loaded)
   params, s_cfg = _student(config, loaded, num_labels=num_labels, rng=rng)
-  s_cfg = _replace(s_cfg, dtype=config.model.dtype, hidden_dropout=config.model.dropout,
-                   attention_dropout=config.model.dropout)
+  dropout = {f: config.model.dropout for f in ("hidden_dropout", "attention_dropout")
+             if hasattr(s_cfg, f)}  # decoders have no dropout
+  s_cfg = _replace(s_cfg, dtype=config.model.dtype, **dropout)
   for c in t_cfgs[1:]:
     check_compatible(s_cfg, c)
   weights = check_setup(student_cfg=s_cfg, teacher_cfg=t_cfgs[0], losses=d.losses.to_dict(),

@@ -28,6 +28,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from research import token_losses
+
 Array = jax.Array
 Metrics = dict[str, Array]
 LossOut = tuple[Array, Metrics]
@@ -557,6 +559,31 @@ def _cosine_term(*, student_out, teacher_out, batch, **_) -> LossOut:
                           mask_BxL=batch["attention_mask"], valid_B=batch["valid"])
 
 
+def _token_term(kind: str):
+  """A decoder's token-level KD term (research/token_losses.py) on the answer positions.
+
+  Reads student_out["logits"] B×A×V, batch["answer_mask"] B×A, and either teacher_out["logits"]
+  (B×A×V, a teacher run alongside) or teacher_out["topk_ids"] / ["topk_logprobs"] (a cache).
+  """
+  name = {"forward": "tok_kl", "reverse": "tok_reverse_kl", "jsd": "tok_jsd"}[kind]
+
+  @_requires("teacher")
+  def term(*, student_out, teacher_out, batch, temperature, beta=0.5, vocab_chunk=0,
+           **_) -> LossOut:
+    if "answer_mask" not in batch:
+      raise ValueError(f"loss '{name}' is token-level: it needs a causal_lm task "
+                       "(batch['answer_mask']); use 'kd_kl' for classifiers.")
+    kw = dict(student_logits_BxAxV=student_out["logits"], mask_BxA=batch["answer_mask"],
+              kind=kind, temperature=temperature, beta=beta, vocab_chunk=vocab_chunk)
+    if teacher_out is not None and "topk_ids" in teacher_out:
+      return token_losses.token_divergence_topk(
+          teacher_ids_BxAxK=teacher_out["topk_ids"],
+          teacher_logprobs_BxAxK1=teacher_out["topk_logprobs"], **kw)
+    return token_losses.token_divergence(
+        teacher_logits_BxAxV=_teacher_logits(name, teacher_out), **kw)
+  return term
+
+
 # Config name -> term. A term takes keyword arguments student_out, teacher_out, batch, temperature,
 # layer_map, proj_params, teacher_weights, label_smoothing, top_k, multilabel (ignoring the rest
 # via **_) and returns (scalar, metrics).
@@ -572,6 +599,9 @@ LOSSES: dict[str, Callable[..., LossOut]] = {
     "hidden_mse": _hidden_mse_term,
     "attn_kl": _attn_kl_term,
     "cosine": _cosine_term,
+    "tok_kl": _token_term("forward"),
+    "tok_reverse_kl": _token_term("reverse"),
+    "tok_jsd": _token_term("jsd"),
 }
 
 
@@ -623,7 +653,8 @@ def combined_loss(weights: Mapping[str, float], *, student_out: Mapping[str, Any
                   temperature: float = 1.0, layer_map: Sequence[int] = (),
                   proj_params: Mapping[str, Any] | None = None,
                   teacher_weights: Sequence[float] | None = None, label_smoothing: float = 0.0,
-                  top_k: int = 8, multilabel: bool | None = None) -> LossOut:
+                  top_k: int = 8, multilabel: bool | None = None, beta: float = 0.5,
+                  vocab_chunk: int = 0) -> LossOut:
   """Σ_name weights[name] · LOSSES[name](...), e.g. {"ce": 1 − α, "kd_kl": α} (Hinton et al. 2015).
 
   Args:
@@ -639,6 +670,8 @@ def combined_loss(weights: Mapping[str, float], *, student_out: Mapping[str, Any
     label_smoothing: for "ce" and "labels_only".
     top_k: classes kept by "kd_topk".
     multilabel: None -> inferred from batch["label"] (B×C) or the logits if unlabeled: False.
+    beta: the GKD mixture weight of "tok_jsd" (research/token_losses.py).
+    vocab_chunk: vocabulary chunk of the token-level terms (0: one chunk).
 
   Returns:
     (total loss, metrics) with metrics "loss", "loss/<name>" per term and "<name>/<metric>".
@@ -656,7 +689,8 @@ def combined_loss(weights: Mapping[str, float], *, student_out: Mapping[str, Any
     loss, m = LOSSES[name](student_out=student_out, teacher_out=teacher_out, batch=batch,
                            temperature=temperature, layer_map=tuple(layer_map),
                            proj_params=proj_params, teacher_weights=teacher_weights,
-                           label_smoothing=label_smoothing, top_k=top_k, multilabel=multilabel)
+                           label_smoothing=label_smoothing, top_k=top_k, multilabel=multilabel,
+                           beta=beta, vocab_chunk=vocab_chunk)
     total = total + w * loss
     metrics[f"loss/{name}"] = loss
     metrics.update({f"{name}/{k}": v for k, v in m.items()})

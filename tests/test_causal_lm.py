@@ -24,6 +24,9 @@ class _ByteTokenizer:
   def encode_batch(self, texts):
     return [self.encode(t) for t in texts]
 
+  def decode(self, ids):
+    return "".join(self.token(i) for i in ids)
+
   def token(self, i):
     return "\x01" if i == EOT else bytes([i - 2]).decode(errors="replace")
 
@@ -112,3 +115,111 @@ def test_sft_phrasebank_config_tokenizes_every_row_within_max_length():
   task = causal_lm.build(sft_phrasebank.get_config(), None)
   assert task.label_strings == ("negative", "neutral", "positive")
   assert len(task.splits["validation"]) == 3 * task.labeled_count("validation")
+
+
+def test_logits_at_answer_positions_equal_the_full_logits_there(lm_config):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from research.models import decoder  # pylint: disable=g-import-not-at-top
+  from research.tasks import token_cache  # pylint: disable=g-import-not-at-top
+  cfg = decoder.DecoderConfig(**lm_config.model.overrides.to_dict())
+  params = decoder.init_params(cfg, jax.random.PRNGKey(0))
+  task = causal_lm.build(lm_config, None)
+  batch = next(iter(task.eval_batches("validation", 4)))
+  gathered = token_cache.answer_positions(batch, task.max_answer)
+  model = decoder.Decoder(cfg)
+  full = model.apply({"params": params}, batch["input_ids"])["logits"]
+  part = model.apply({"params": params}, batch["input_ids"],
+                     logit_positions_BxA=gathered["logit_positions"])["logits"]
+  want = jnp.take_along_axis(full, gathered["logit_positions"][..., None], 1)
+  np.testing.assert_allclose(np.asarray(part), np.asarray(want), atol=1e-5)
+  # the gathered targets are exactly the answer tokens
+  m = np.asarray(gathered["answer_mask"]) > 0
+  ids = np.asarray(gathered["answer_ids"])[m]
+  assert ids.tolist() == np.asarray(batch["input_ids"])[np.asarray(batch["loss_mask"]) > 0].tolist()
+
+
+def _student(lm_config, teacher_dir, workdir, losses, cache_top_k=0):
+  c = lm_config.copy_and_resolve_references()
+  c.workdir = str(workdir)
+  c.distill.teacher = str(teacher_dir)
+  c.distill.student_init, c.distill.student_layers = "layers", (1,)
+  c.distill.losses = dict(losses)
+  c.distill.temperature, c.distill.vocab_chunk = 1.0, 64
+  c.distill.cache_top_k = cache_top_k
+  c.train.max_steps = c.train.eval_every = c.train.checkpoint_every = 3
+  return c
+
+
+def _first_loss(workdir):
+  lines = [json.loads(l) for l in open(pathlib.Path(workdir) / "metrics.jsonl")]
+  return [l["loss"] for l in lines if l["split"] == "train"][0]
+
+
+def test_token_kd_students_live_and_cached_teacher_and_same_init_control(lm_config, tmp_path):
+  teacher_dir = tmp_path / "teacher"
+  lm_config.workdir = str(teacher_dir)
+  lm_config.train.max_steps = lm_config.train.eval_every = lm_config.train.checkpoint_every = 6
+  train.run(lm_config)
+  live = train.run(_student(lm_config, teacher_dir, tmp_path / "live", {"tok_kl": 1.0}))
+  assert live["labeled_examples"] == 0 and live["teacher_cache"] is None
+  assert live["model"]["num_layers"] == 1
+  # every token kept: the cached divergence is the live one, and the teacher leaves the step
+  cached = train.run(_student(lm_config, teacher_dir, tmp_path / "cached", {"tok_kl": 1.0},
+                              cache_top_k=260))
+  assert cached["teacher_cache"]["reused"] is False
+  assert cached["teacher_flops"] == 0.0 < live["teacher_flops"]
+  assert _first_loss(tmp_path / "cached") == pytest.approx(_first_loss(tmp_path / "live"), rel=1e-3)
+  again = train.run(_student(lm_config, teacher_dir, tmp_path / "again", {"tok_jsd": 1.0},
+                             cache_top_k=260))
+  assert again["teacher_cache"]["reused"] is True
+  assert again["teacher_cache"]["path"] == cached["teacher_cache"]["path"]
+  control = train.run(_student(lm_config, teacher_dir, tmp_path / "control", {"ce": 1.0}))
+  assert control["labeled_examples"] == 48
+  # same initialisation: the teacher's layer 1, so the first-step answer NLLs agree
+  assert control["model"] == live["model"]
+
+
+def _answers_file(path, records, answer):
+  with open(path, "w") as f:
+    for r in records:
+      f.write(json.dumps({"id": r["id"], "answer": answer, "parsed": None}) + "\n")
+  return str(path)
+
+
+def test_teacher_answers_replace_the_gold_answers_of_unkept_examples(lm_config, tmp_path):
+  train_records = _records(48, 0)
+  lm_config.data.answers = _answers_file(tmp_path / "gen.jsonl", train_records, "y y y")
+  task = causal_lm.build(lm_config, None)
+  rows, tok = task.splits["train"], _ByteTokenizer()
+  assert task.labeled_count("train") == 0  # every answer is the teacher's
+  for i in range(3):
+    assert rows.input_ids[i][rows.token_type_ids[i] == 1].tolist() == tok.encode("y y y\x01")
+  lm_config.data.label_fraction = 0.25  # a quarter keep their gold answer, the rest the teacher's
+  task = causal_lm.build(lm_config, None)
+  assert task.labeled_count("train") == 12 and len(task.splits["train"]) == 48
+  lm_config.data.answers = _answers_file(tmp_path / "short.jsonl", train_records[:5], "x")
+  with pytest.raises(ValueError, match="no answer for 3"):
+    causal_lm.build(lm_config, None)
+
+
+def test_generations_are_written_as_they_go_and_resume(lm_config, tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  from research import seq_kd, zero_shot  # pylint: disable=g-import-not-at-top
+  from research.data import prompts  # pylint: disable=g-import-not-at-top
+  from research.models import decoder  # pylint: disable=g-import-not-at-top
+  cfg = decoder.DecoderConfig(**lm_config.model.overrides.to_dict())
+  lm = zero_shot.DecoderLM(cfg, decoder.init_params(cfg, jax.random.PRNGKey(0)),
+                           prompt_buckets=(64,))
+  task = prompts.get_task("phrasebank_allagree", label_names=("negative", "neutral", "positive"))
+  examples = _records(6, 0)
+  out = tmp_path / "gen.jsonl"
+  meta = seq_kd.generate(lm, _ByteTokenizer(), task, examples[:4], out, teacher="tiny",
+                         max_new_tokens=4, batch_size=3)
+  assert meta["n"] == 4 and len(seq_kd.read_answers(out)) == 4
+  meta = seq_kd.generate(lm, _ByteTokenizer(), task, examples, out, teacher="tiny",
+                         max_new_tokens=4, batch_size=3)
+  assert meta["n"] == 6 and len(open(out).readlines()) == 6  # the first four were not redone
+  assert set(meta["answers_per_label"]) == {"negative", "neutral", "positive"}
+  with pytest.raises(ValueError, match="made with"):
+    seq_kd.generate(lm, _ByteTokenizer(), task, examples, out, teacher="tiny", max_new_tokens=8)

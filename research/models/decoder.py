@@ -326,13 +326,20 @@ class Layer(nn.Module):
     return h_BxLxD, new_cache
 
 
+def _logit_rows(h_BxLxD: Array, last_only: bool, positions_BxA: Array | None) -> Array:
+  """The hidden states that get logits: all, the last, or the given positions (B×A)."""
+  if positions_BxA is not None:
+    return jnp.take_along_axis(h_BxLxD, positions_BxA[..., None].astype(jnp.int32), axis=1)
+  return h_BxLxD[:, -1:] if last_only else h_BxLxD
+
+
 class DecoderStack(nn.Module):
   """Embedding, layers, final norm; the tied output projection (h @ embeddingᵀ) lives here."""
   cfg: DecoderConfig
 
   @nn.compact
   def __call__(self, input_ids_BxL, attention_mask_BxL=None, positions_BxL=None, cache=None,
-               last_logits_only=False):
+               last_logits_only=False, logit_positions_BxA=None):
     cfg = self.cfg
     L = input_ids_BxL.shape[1]
     if attention_mask_BxL is None:
@@ -366,9 +373,8 @@ class DecoderStack(nn.Module):
     hidden[-1] = h_BxLxD  # as HF: the last hidden state is the normed one
     out = {"last_hidden_state": h_BxLxD, "hidden_states": tuple(hidden)}
     if cfg.tie_word_embeddings:
-      h_for_logits = h_BxLxD[:, -1:] if last_logits_only else h_BxLxD
-      out["logits"] = jnp.matmul(h_for_logits, embed.embedding.T,
-                                 preferred_element_type=jnp.float32)
+      out["logits"] = jnp.matmul(_logit_rows(h_BxLxD, last_logits_only, logit_positions_BxA),
+                                 embed.embedding.T, preferred_element_type=jnp.float32)
     if cache is not None:
       new_cache.update(mask=key_mask_BxS, index=index + L,
                        positions=cache["positions"] + jnp.sum(mask_BxL, axis=1))
@@ -384,7 +390,8 @@ class Decoder(nn.Module):
   def __call__(self, input_ids: Array, attention_mask: Array | None = None,
                positions_BxL: Array | None = None, output_hidden_states: bool = False,
                cache: dict[str, Any] | None = None,
-               last_logits_only: bool = False) -> dict[str, Any]:
+               last_logits_only: bool = False,
+               logit_positions_BxA: Array | None = None) -> dict[str, Any]:
     """Runs the decoder.
 
     Args:
@@ -398,6 +405,8 @@ class Decoder(nn.Module):
         cache["index"].
       last_logits_only: logits of the last position only (B×1×V): a prefill needs no more, and
         B×L×V is the largest tensor of a long prompt.
+      logit_positions_BxA: int B×A, logits at these positions only (B×A×V): a loss on a few
+        answer tokens needs no more (the LM head and B×L×V dominate a short-answer step).
 
     Returns:
       dict with "logits" f32 B×L×V, "last_hidden_state" f32 B×L×D, "hidden_states" when asked,
@@ -407,11 +416,11 @@ class Decoder(nn.Module):
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     out = DecoderStack(cfg, name="decoder")(input_ids, attention_mask, positions_BxL, cache,
-                                            last_logits_only)
+                                            last_logits_only, logit_positions_BxA)
     if not cfg.tie_word_embeddings:
-      h_BxLxD = out["last_hidden_state"]
+      h_BxLxD = _logit_rows(out["last_hidden_state"], last_logits_only, logit_positions_BxA)
       out["logits"] = Dense(cfg.vocab_size, False, jnp.float32, cfg.initializer_range,
-                            name="lm_head")(h_BxLxD[:, -1:] if last_logits_only else h_BxLxD)
+                            name="lm_head")(h_BxLxD)
     if not output_hidden_states:
       del out["hidden_states"]
     return out

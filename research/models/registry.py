@@ -144,7 +144,8 @@ def _decoder_apply(module: Any, params: Any, batch: Mapping[str, Any], *,
   del deterministic, rng  # these decoders have no dropout
   return module.apply({"params": params}, batch["input_ids"], batch.get("attention_mask"),
                       positions_BxL=batch.get("positions"),
-                      output_hidden_states="hidden_states" in outputs)
+                      output_hidden_states="hidden_states" in outputs,
+                      logit_positions_BxA=batch.get("logit_positions"))
 
 
 def _gguf_path(source: Any) -> pathlib.Path | None:

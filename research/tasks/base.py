@@ -30,7 +30,8 @@ class Distillation:
   Attributes:
     weights: active loss weights, e.g. {"ce": 0.5, "kd_kl": 0.5} (research/losses.py).
     teachers: one `apply` per teacher; their params arrive in the step's `aux` (same order).
-    temperature, layer_map, teacher_weights, top_k: as in `losses.combined_loss`.
+    temperature, layer_map, teacher_weights, top_k, beta, vocab_chunk: as in
+      `losses.combined_loss`.
   """
   weights: Mapping[str, float]
   teachers: tuple[Apply, ...]
@@ -38,6 +39,8 @@ class Distillation:
   layer_map: tuple[int, ...] = ()
   teacher_weights: tuple[float, ...] | None = None
   top_k: int = 8
+  beta: float = 0.5
+  vocab_chunk: int = 0
 
 
 class Task(Protocol):

@@ -23,9 +23,12 @@ import numpy as np
 from research import data as data_lib
 from research import losses
 from research import metrics as metrics_lib
+from research import seq_kd
 from research import zero_shot
 from research.data import pipeline
 from research.data import prompts
+from research.models import registry
+from research.tasks import token_cache
 from research.tasks.base import Apply, Distillation, LossFn, PredictFn
 
 METRICS = ("accuracy", "macro_f1")
@@ -72,9 +75,11 @@ def _rows(tok, task: prompts.PromptTask, examples: Sequence[dict], *, max_length
     prompt_text = tok.apply_chat_template(messages, add_generation_prompt=True)
     prompt_ids = tok.encode(prompt_text)
     suffix = zero_shot.answer_suffix(tok, messages)
-    options = zero_shot.option_token_ids(tok, prompt_text, prompt_ids, task.label_strings,
-                                         suffix)
-    for o in (range(len(options)) if all_options else (int(example["label"]),)):
+    generated = not all_options and "answer_text" in example  # sequence-level KD row
+    options = zero_shot.option_token_ids(
+        tok, prompt_text, prompt_ids,
+        [example["answer_text"]] if generated else task.label_strings, suffix)
+    for o in (range(len(options)) if all_options else (0 if generated else int(example["label"]),)):
       ids.append(list(prompt_ids) + list(options[o]))
       masks.append([0] * len(prompt_ids) + [1] * len(options[o]))
       ex_of.append(e)
@@ -100,10 +105,11 @@ def _rows(tok, task: prompts.PromptTask, examples: Sequence[dict], *, max_length
 
 
 class _Renamed:
-  """Batches with the answer mask under `loss_mask` (the pipeline calls it token_type_ids)."""
+  """Batches with the answer mask under `loss_mask` (the pipeline calls it token_type_ids), and
+  the cached teacher's top-k (when one is attached) looked up by row index."""
 
-  def __init__(self, it):
-    self._it = it
+  def __init__(self, it, cache: "token_cache.TeacherTopK | None" = None):
+    self._it, self._cache = it, cache
 
   @property
   def position(self):
@@ -113,7 +119,10 @@ class _Renamed:
     return self
 
   def __next__(self):
-    return _rename(next(self._it))
+    batch = _rename(next(self._it))
+    if self._cache is not None:
+      batch.update(self._cache.lookup(batch["index"]))
+    return batch
 
 
 def _rename(batch: dict) -> dict:
@@ -123,11 +132,38 @@ def _rename(batch: dict) -> dict:
 
 
 def _answer_logprobs(apply: Apply, params, batch, **kw):
-  """(log-prob of each next token B×(L-1), answer mask B×(L-1)) with logits in f32."""
-  logits_BxLxV = apply(params, batch, **kw)["logits"]
-  logp = jax.nn.log_softmax(logits_BxLxV[:, :-1].astype(jnp.float32), axis=-1)
-  tok_lp = jnp.take_along_axis(logp, batch["input_ids"][:, 1:, None], axis=-1)[..., 0]
-  return tok_lp, batch["loss_mask"][:, 1:].astype(jnp.float32)
+  """(log-prob of each answer token B×A, logits B×A×V f32) at the gathered answer positions."""
+  logits = apply(params, batch, **kw)["logits"].astype(jnp.float32)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return jnp.take_along_axis(logp, batch["answer_ids"][..., None], axis=-1)[..., 0], logits
+
+
+def _teacher_out(kd: Distillation, batch, aux) -> dict:
+  """The teacher's view at the answer positions: a cached top-k, or one teacher run now."""
+  if "teacher_topk_ids" in batch:
+    return {"topk_ids": batch["teacher_topk_ids"], "topk_logprobs": batch["teacher_topk_logprobs"]}
+  if len(kd.teachers) != 1:
+    raise ValueError(f"token-level KD takes one teacher here, got {len(kd.teachers)}; give one "
+                     "distill.teacher.")
+  return {"logits": kd.teachers[0](aux[0], batch, deterministic=True)["logits"]}
+
+
+def _kd_loss(kd: Distillation, tok_lp, logits, batch, aux):
+  """Σ weight · term: "ce" is the answer-token NLL; the rest are token-level KD terms."""
+  weights = dict(kd.weights)
+  total, metrics = jnp.zeros((), jnp.float32), {}
+  ce = weights.pop("ce", 0.0)
+  if ce:
+    nll, m = losses.token_nll(token_logprobs_BxL=tok_lp, mask_BxL=batch["answer_mask"])
+    total, metrics = total + ce * nll, {"loss/ce": nll, **{f"ce/{k}": v for k, v in m.items()}}
+  if weights:
+    kd_total, m = losses.combined_loss(
+        weights, student_out={"logits": logits}, teacher_out=_teacher_out(kd, batch, aux),
+        batch=batch, temperature=kd.temperature, beta=kd.beta, vocab_chunk=kd.vocab_chunk)
+    total = total + kd_total
+    metrics.update({k: v for k, v in m.items() if k != "loss"})
+  metrics["loss"] = total
+  return total, metrics
 
 
 class CausalLMTask:
@@ -138,6 +174,10 @@ class CausalLMTask:
   def __init__(self, rows: Mapping[str, _Rows], *, label_strings: Sequence[str], buckets,
                primary_metric: str = "accuracy", name: str = "causal_lm",
                full_train_size: int | None = None):
+    self.max_answer = max(int(r.tokens.token_type_ids.sum(1).max()) for r in rows.values())
+    self.teacher_cache: token_cache.TeacherTopK | None = None
+    self.n_labeled: int | None = None    # train rows with a gold answer (None: all of them)
+    self.generations: dict | None = None  # data.answers' meta (sequence-level KD)
     if primary_metric not in METRICS:
       raise ValueError(f"train.best_metric={primary_metric!r}; use one of {METRICS}.")
     self.name, self.primary_metric, self._rows = name, primary_metric, dict(rows)
@@ -149,7 +189,8 @@ class CausalLMTask:
     return _Renamed(pipeline.TrainIterator(self.splits["train"], batch_size, self.buckets,
                                            seed=seed, epoch=epoch, step=step,
                                            process_index=jax.process_index(),
-                                           process_count=jax.process_count()))
+                                           process_count=jax.process_count()),
+                    self.teacher_cache)
 
   def eval_batches(self, split: str, batch_size: int):
     for b in pipeline.eval_batches(self.splits[split], batch_size, self.buckets, labeled=False,
@@ -162,24 +203,26 @@ class CausalLMTask:
 
   def loss_fn(self, apply: Apply, *, kd: Distillation | None = None,
               label_smoothing: float = 0.0) -> LossFn:
-    if kd is not None:
-      raise ValueError("distillation into a decoder is not wired into the causal-LM task yet; "
-                       "drop distill.teacher.")
     if label_smoothing:
       raise ValueError("train.label_smoothing is for classifiers; set it to 0 for causal_lm.")
+    max_answer = self.max_answer
 
     def loss_fn(params, batch, rng, aux):
-      del aux
-      tok_lp, mask = _answer_logprobs(apply, params, batch, deterministic=False, rng=rng)
-      return losses.token_nll(token_logprobs_BxL=tok_lp,
-                              mask_BxL=mask * batch["valid"][:, None])
+      batch = {**batch, **token_cache.answer_positions(batch, max_answer)}
+      tok_lp, logits = _answer_logprobs(apply, params, batch, deterministic=False, rng=rng)
+      if kd is None:
+        return losses.token_nll(token_logprobs_BxL=tok_lp, mask_BxL=batch["answer_mask"])
+      return _kd_loss(kd, tok_lp, logits, batch, aux)
     return loss_fn
 
   def predict_fn(self, apply: Apply) -> PredictFn:
+    max_answer = self.max_answer
+
     def predict_fn(params, batch, aux):
       del aux
-      tok_lp, mask = _answer_logprobs(apply, params, batch, deterministic=True)
-      return {"score": jnp.sum(tok_lp * mask, -1), "valid": batch["valid"],
+      batch = {**batch, **token_cache.answer_positions(batch, max_answer)}
+      tok_lp, _ = _answer_logprobs(apply, params, batch, deterministic=True)
+      return {"score": jnp.sum(tok_lp * batch["answer_mask"], -1), "valid": batch["valid"],
               "index": batch["index"]}
     return predict_fn
 
@@ -192,7 +235,13 @@ class CausalLMTask:
     return metrics_lib.classification_metrics(scores, rows.labels,
                                               label_names=self.label_strings)
 
+  def attach_teacher(self, kd_setup: Any, config: Any) -> bool:
+    """Optional protocol hook: a cached teacher instead of one run in every step."""
+    return use_teacher_cache(self, kd_setup, config)
+
   def labeled_count(self, split: str = "train") -> int:
+    if split == "train" and self.n_labeled is not None:
+      return self.n_labeled  # the rest train on teacher answers (data.answers)
     return len(self._rows[split].labels)
 
 
@@ -206,11 +255,46 @@ def build(config: Any, model_cfg: Any) -> CausalLMTask:
   examples = {s: data_lib.load(task.dataset, task.config, s, **kw)
               for s in ("train", "validation", "test")}
   full_n = len(examples["train"])
-  if d.label_fraction < 1.0:
-    labeled, _ = pipeline.label_fraction(examples["train"], d.label_fraction, config.seed)
-    examples["train"] = [examples["train"][i] for i in labeled]
+  examples["train"], n_labeled, gen_meta = _train_examples(examples["train"], d, config.seed)
   rows = {s: _rows(tok, task, ex, max_length=d.max_length, context_words=d.context_words,
                    all_options=s != "train") for s, ex in examples.items()}
-  return CausalLMTask(rows, label_strings=task.label_strings, buckets=d.buckets,
-                      primary_metric=config.train.best_metric,
-                      name=config.tags.task or task.name, full_train_size=full_n)
+  out = CausalLMTask(rows, label_strings=task.label_strings, buckets=d.buckets,
+                     primary_metric=config.train.best_metric,
+                     name=config.tags.task or task.name, full_train_size=full_n)
+  out.n_labeled, out.generations = n_labeled, gen_meta
+  return out
+
+
+def _train_examples(train: list[dict], d: Any, seed: int) -> tuple[list[dict], int, dict | None]:
+  """(train examples, how many keep their gold answer, generations meta or None).
+
+  label_fraction < 1 keeps that stratified share of gold answers; with data.answers the other
+  examples take the teacher's generated answer instead of being dropped.
+  """
+  keep = (pipeline.label_fraction(train, d.label_fraction, seed)[0] if d.label_fraction < 1.0
+          else range(len(train)))
+  if not d.get("answers", ""):
+    return [train[i] for i in keep], len(keep), None
+  answers, keep = seq_kd.read_answers(d.answers), set(keep) if d.label_fraction < 1.0 else set()
+  missing = [str(e["id"]) for i, e in enumerate(train) if i not in keep and str(e["id"]) not in answers]
+  if missing:
+    raise ValueError(f"data.answers {d.answers!r} has no answer for {len(missing)} train examples "
+                     f"(e.g. {missing[:3]}); generate them for this dataset's train split.")
+  out = [e if i in keep else dict(e, answer_text=answers[str(e["id"])]["answer"])
+         for i, e in enumerate(train)]
+  return out, len(keep), {"path": d.answers, **seq_kd.read_meta(d.answers)}
+
+
+def use_teacher_cache(task: CausalLMTask, kd_setup: Any, config: Any) -> bool:
+  """With distill.cache_top_k > 0: attaches the teacher's top-k cache (building it once) so the
+  train step never runs the teacher. Returns whether it did."""
+  k = int(config.distill.get("cache_top_k", 0))
+  if not k or "teacher" not in losses.required_outputs(kd_setup.weights):
+    return False  # nothing to cache, or no loss reads the teacher (the control, sequence KD)
+  if len(kd_setup.teacher_models) != 1:
+    raise ValueError("distill.cache_top_k caches one teacher; give one distill.teacher.")
+  apply = registry.get_family(kd_setup.family).bind(kd_setup.teacher_models[0])
+  task.teacher_cache = token_cache.load_or_build(
+      task, config.distill.teacher, apply, kd_setup.aux[0], k=k,
+      temperature=config.distill.temperature, batch_size=config.data.eval_batch_size)
+  return True

@@ -104,9 +104,13 @@ def compile_steps(config: Any, s: setup_lib.RunSetup, tx: Any, schedule: Any) ->
            functools.partial(parallel.place_state, parallel=p, mesh=mesh))
   kd = s.kd.distillation(config) if s.kd is not None else None
   loss_fn = s.task.loss_fn(s.apply, kd=kd, label_smoothing=config.train.label_smoothing)
-  # Teachers: placed once, passed to every step, never trained.
+  # Teachers: placed once, passed to every step, never trained; none when the task cached them.
+  attach = getattr(s.task, "attach_teacher", None)
+  cached = s.kd is not None and attach is not None and attach(s.kd, config)
+  if cached:
+    s.kd.cached = True
   aux = None
-  if s.kd is not None:  # under fsdp a big teacher is sharded too
+  if s.kd is not None and not cached:  # under fsdp a big teacher is sharded too
     aux = place(s.kd.aux) if fsdp > 1 else jax.device_put(s.kd.aux)
   if fsdp > 1:
     train = sharding.make_train_step(loss_fn, tx, grad_accum=config.optim.grad_accum, mesh=mesh,
@@ -356,6 +360,7 @@ def _finish(config, s, tr: _Trainer, session_seconds: float, workdir: str, t_sta
   if s.kd is not None and not s.kd.uses_labels():
     n_labeled = 0  # ground truth never enters the loss (alpha = 0, labels-only KD)
   tags, d = config.tags, config.data
+  cache = getattr(s.task, "teacher_cache", None)  # a task's cached teacher outputs, if any
   speed_seconds = session_seconds - tr.compile_seconds
   result = {
       "kind": "finetune" if s.kd is None else "distill",
@@ -381,6 +386,8 @@ def _finish(config, s, tr: _Trainer, session_seconds: float, workdir: str, t_sta
       "labeled_examples": n_labeled,
       "unlabeled_examples": len(s.task.splits["train"]) - n_labeled,
       "teachers": list(distill.teacher_dirs(config)) if s.kd is not None else [],
+      "teacher_cache": cache.meta if cache is not None else None,
+      "generations": getattr(s.task, "generations", None),  # sequence-level KD's teacher answers
       "latency": {}, "is_teacher": bool(tags.is_teacher), "run_dir": workdir,
       "fingerprint": record_lib.fingerprint(config), "warnings": list(s.warnings),
   }

@@ -66,6 +66,12 @@ def _check_values(config: Any) -> None:
        config.distill.student_init, f"use one of {STUDENT_INITS}")
   need(_is_number(config.distill.temperature) and config.distill.temperature > 0,
        "distill.temperature", config.distill.temperature, "use a temperature > 0")
+  dd = config.distill
+  need(_is_number(dd.get("beta", 0.5)) and 0 < dd.get("beta", 0.5) < 1, "distill.beta",
+       dd.get("beta"), "use a value in (0, 1)")
+  for f in ("vocab_chunk", "cache_top_k"):
+    need(isinstance(dd.get(f, 0), int) and dd.get(f, 0) >= 0, f"distill.{f}", dd.get(f),
+         "use an integer >= 0")
   need(isinstance(t.keep_checkpoints, int) and t.keep_checkpoints >= 1, "train.keep_checkpoints",
        t.keep_checkpoints, "keep at least 1")
   need(_is_number(t.epochs), "train.epochs", t.epochs, "use a number of epochs")
