@@ -2,8 +2,8 @@
 
   python -m experiments.export_gguf --run_dir runs/sft/phrasebank_allagree/lora_r8_lr2e-4 \
       --out runs/gguf/sft.gguf
-  python -m experiments.export_gguf --source smollm2-135m-instruct --layers 0,3,6,9,12,15,18,21,24,27 \
-      --out runs/gguf/smollm2_L10of30.gguf [--qtype Q8_0]
+  python -m experiments.export_gguf --source smollm2-135m-instruct --layers 0,10,20,29 \
+      --out runs/gguf/smollm2_L4of30.gguf [--qtype Q8_0]
 
 The student is a decoder run's best params (LoRA merged) or a model source cut to --layers (a
 layer-copied student before distillation). The tokenizer metadata is copied from --template

@@ -8,9 +8,11 @@ Per run directory (a grid cell's `run_dir`, or one given): its best params are e
 jax2onnx (research/export/onnx.py), quantized with ORT's dynamic int8, and each model is run on
 the run's test split (accuracy, macro-F1, max |ORT - JAX| logits in f32) and timed at batch 1 and
 batch `--throughput_batch` on `--seq_len`-wide inputs (research/latency.py's width, so the ONNX
-columns sit beside the JAX CPU ones). The JSON holds `runs` (one entry per run) and `rows` keyed
-"<task>/<method>" with the seed means, every measured field named `onnx_*`, so a report merges a
-row with `row.update(rows.get(f"{task}/{method}", {}))`. Needs the export extra (README).
+columns sit beside the JAX CPU ones), interleaved with our jitted JAX forward of the same params
+over `--rounds` (medians), so `onnx_*_speedup_vs_jax` compares the two under the same load. The
+JSON holds `runs` (one entry per run) and `rows` keyed "<task>/<method>" with the seed means of
+every `onnx_*` field (and only those), so a report merges a table row with
+`row.update(rows.get(f"{task}/{method}", {}))`. Needs the export extra (README).
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed calls before timing.")
 _THROUGHPUT_BATCH = flags.DEFINE_integer("throughput_batch", 32, "Batch size for ex/s.")
 _THROUGHPUT_ITERS = flags.DEFINE_integer("throughput_iters", 10, "Timed calls at that batch.")
 _THREADS = flags.DEFINE_integer("threads", 0, "ORT intra-op threads (0: ORT's default).")
+_SPIN = flags.DEFINE_bool("spin", False, "Let ORT's idle threads busy-wait (ORT's default; "
+                          "slower on a shared machine).")
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch", 32, "Batch size of the test-split pass.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timing rounds (ORT f32, int8, JAX interleaved); "
+                               "each reported time is the median over rounds.")
 
 PRECISIONS = ("f32", "int8")
 
@@ -79,11 +85,75 @@ def _export(params, cfg, folder: pathlib.Path, width: int) -> dict[str, pathlib.
   return {"f32": f32, "int8": ox.quantize_int8(f32, folder / f"int8_L{width}.onnx")}
 
 
+def _accuracy(task, evals, ref, settings) -> dict[str, Any]:
+  """Test-split metrics of each ONNX model and max |ORT - JAX| logits."""
+  from research.export import onnx as ox  # pylint: disable=g-import-not-at-top
+  out, argmax = {}, {}
+  for prec in PRECISIONS:
+    sess = ox.session(evals[prec], threads=settings["threads"])
+    pred = ox.predict(sess, task.eval_batches("test", settings["eval_batch"]))
+    metrics = task.evaluate(pred, "test")
+    logits = _by_index(pred)
+    argmax[prec] = logits.argmax(-1)
+    out.update({f"onnx_{prec}_acc": metrics.get("accuracy"),
+                f"onnx_{prec}_macro_f1": metrics.get("macro_f1"),
+                f"onnx_{prec}_max_abs_diff": float(np.abs(logits - _by_index(ref)).max()),
+                f"onnx_{prec}_mb": evals[prec].stat().st_size / 1e6})
+  out["onnx_int8_agreement"] = float(np.mean(argmax["int8"] == argmax["f32"]))  # same class
+  out["onnx_int8_acc_drop_points"] = 100 * (out["onnx_f32_acc"] - out["onnx_int8_acc"])
+  return out
+
+
+def _jax_bench(params, cfg, settings, token: int) -> dict[str, Any]:
+  """Our jitted JAX forward, timed like the ONNX models (same width, batches, inputs)."""
+  from research import cost  # pylint: disable=g-import-not-at-top
+  from research.models import encoder  # pylint: disable=g-import-not-at-top
+  module = encoder.EncoderClassifier(cfg)
+  width, big = settings["seq_len"], settings["throughput_batch"]
+  apply_fn = lambda p, b: module.apply({"params": p}, b["input_ids"], b["attention_mask"],
+                                       b["token_type_ids"])["logits"]
+  make = lambda n: {"input_ids": np.full((n, width), token, np.int32),
+                    "attention_mask": np.ones((n, width), np.int32),
+                    "token_type_ids": np.zeros((n, width), np.int32)}
+  one = cost.benchmark_latency(apply_fn, make, params=params, batch_sizes=(1,),
+                               warmup=settings["warmup"], iters=settings["iters"], backend="cpu")
+  many = cost.benchmark_latency(apply_fn, make, params=params, batch_sizes=(big,), warmup=2,
+                                iters=settings["throughput_iters"], backend="cpu")
+  return {"batch1_p50_ms": one["batch1_p50_ms"], "batch1_p90_ms": one["batch1_p90_ms"],
+          "throughput_eps": many["throughput_eps"]}
+
+
+def _timings(params, cfg, timed, settings) -> dict[str, Any]:
+  """ORT f32, ORT int8 and our JAX route, interleaved over `rounds` (median of the rounds), so
+  load from other processes on a shared machine hits all three alike."""
+  from research.export import onnx as ox  # pylint: disable=g-import-not-at-top
+  token = min(1000, cfg.vocab_size - 1)
+  sessions = {p: ox.session(timed[p], threads=settings["threads"], spin=settings["spin"])
+              for p in PRECISIONS}
+  runs: dict[str, list[dict[str, Any]]] = {p: [] for p in (*PRECISIONS, "jax")}
+  for _ in range(settings["rounds"]):
+    runs["jax"].append(_jax_bench(params, cfg, settings, token))
+    for p in PRECISIONS:
+      runs[p].append(ox.benchmark(sessions[p], iters=settings["iters"],
+                                  warmup=settings["warmup"], token=token,
+                                  throughput_batch=settings["throughput_batch"],
+                                  throughput_iters=settings["throughput_iters"]))
+  med = lambda p, k: float(np.median([r[k] for r in runs[p]]))
+  out = {}
+  for p in PRECISIONS:
+    out.update({f"onnx_{p}_p50_ms": med(p, "batch1_p50_ms"),
+                f"onnx_{p}_p90_ms": med(p, "batch1_p90_ms"),
+                f"onnx_{p}_eps": med(p, "throughput_eps"),
+                f"onnx_{p}_speedup_vs_jax": med("jax", "batch1_p50_ms") / med(p, "batch1_p50_ms")})
+  out.update(jax_cpu_p50_ms=med("jax", "batch1_p50_ms"),
+             jax_cpu_p90_ms=med("jax", "batch1_p90_ms"), jax_cpu_eps=med("jax", "throughput_eps"))
+  return out
+
+
 def measure_run(run_dir: str, folder: pathlib.Path, settings: dict[str, Any]) -> dict[str, Any]:
   """Exports one run (f32 + int8) and measures accuracy, parity, size and speed."""
   from research import tasks  # pylint: disable=g-import-not-at-top
   from research.checkpoints import store  # pylint: disable=g-import-not-at-top
-  from research.export import onnx as ox  # pylint: disable=g-import-not-at-top
   params, cfg = store.load_run_params(run_dir)
   config = run_config(run_dir)
   task = tasks.get(config.task).build(config, cfg)
@@ -91,39 +161,22 @@ def measure_run(run_dir: str, folder: pathlib.Path, settings: dict[str, Any]) ->
   evals = _export(params, cfg, folder, width)
   timed = evals if settings["seq_len"] == width else _export(params, cfg, folder,
                                                               settings["seq_len"])
-  batches = lambda: task.eval_batches("test", settings["eval_batch"])
-  ref = jax_logits(params, cfg, batches())
-  out: dict[str, Any] = {"jax_acc": task.evaluate(ref, "test").get("accuracy")}
-  token = min(1000, cfg.vocab_size - 1)
-  f32_logits = None
-  for prec in PRECISIONS:
-    pred = ox.predict(ox.session(evals[prec], threads=settings["threads"]), batches())
-    metrics = task.evaluate(pred, "test")
-    logits = _by_index(pred)
-    bench = ox.benchmark(ox.session(timed[prec], threads=settings["threads"]),
-                         iters=settings["iters"], warmup=settings["warmup"], token=token,
-                         throughput_batch=settings["throughput_batch"],
-                         throughput_iters=settings["throughput_iters"])
-    out.update({f"onnx_{prec}_acc": metrics.get("accuracy"),
-                f"onnx_{prec}_macro_f1": metrics.get("macro_f1"),
-                f"onnx_{prec}_max_abs_diff": float(np.abs(logits - _by_index(ref)).max()),
-                f"onnx_{prec}_mb": evals[prec].stat().st_size / 1e6,
-                f"onnx_{prec}_p50_ms": bench["batch1_p50_ms"],
-                f"onnx_{prec}_p90_ms": bench["batch1_p90_ms"],
-                f"onnx_{prec}_eps": bench["throughput_eps"]})
-    if prec == "f32":
-      f32_logits = logits
-    else:  # how often int8 picks the f32 model's class
-      out["onnx_int8_agreement"] = float(np.mean(logits.argmax(-1) == f32_logits.argmax(-1)))
-  out["onnx_int8_acc_drop_points"] = 100 * (out["onnx_f32_acc"] - out["onnx_int8_acc"])
-  out["onnx_seq_len"], out["onnx_eval_seq_len"] = settings["seq_len"], width
-  out["n_test"] = int(len(ref["index"]))
+  ref = jax_logits(params, cfg, task.eval_batches("test", settings["eval_batch"]))
+  out: dict[str, Any] = {"jax_acc": task.evaluate(ref, "test").get("accuracy"),
+                         "n_test": int(len(ref["index"])), "onnx_seq_len": settings["seq_len"],
+                         "onnx_eval_seq_len": width}
+  out.update(_accuracy(task, evals, ref, settings))
+  out.update(_timings(params, cfg, timed, settings))
   return out
 
 
 def _identity(run_dir: str, record: dict | None) -> dict[str, Any]:
-  """domain / task / method / seed of a run: its grid record, else its config's tags."""
+  """domain / task / method / seed of a run: its grid record, else its result.json, else its
+  config's tags (else the directory's name for the method)."""
   config = run_config(run_dir)
+  result = pathlib.Path(run_dir) / "result.json"
+  if record is None and result.exists():
+    record = json.loads(result.read_text())
   tags, rec = config.get("tags", {}), record or {}
   pick = lambda k: rec.get(k) or tags.get(k) or ""
   return {"domain": pick("domain"), "task": pick("task"),
@@ -172,7 +225,8 @@ def main(argv):
   out_path = pathlib.Path(_OUT.value or pathlib.Path(_RESULTS_DIR.value or ".") / "onnx.json")
   settings = {"seq_len": _SEQ_LEN.value, "iters": _ITERS.value, "warmup": _WARMUP.value,
               "throughput_batch": _THROUGHPUT_BATCH.value, "eval_batch": _EVAL_BATCH.value,
-              "throughput_iters": _THROUGHPUT_ITERS.value, "threads": _THREADS.value}
+              "throughput_iters": _THROUGHPUT_ITERS.value, "threads": _THREADS.value,
+              "spin": _SPIN.value, "rounds": _ROUNDS.value}
   doc = {"command": "python -m experiments.export_onnx " + " ".join(sys.argv[1:]),
          "host_cpu": f"{cost.host_cpu_name()}, {os.cpu_count()} cores", "settings": settings,
          "versions": ox.versions(), "git_sha": record.git_sha(), "runs": {}}

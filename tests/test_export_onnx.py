@@ -1,6 +1,7 @@
 """ONNX export of encoder classifiers (research/export/onnx.py, experiments/export_onnx.py).
 
-Needs the export extra (jax2onnx, onnx, onnxruntime); every test but the import one skips without it.
+Needs the export extra (jax2onnx, onnx, onnxruntime); every test but the import one skips
+without it.
 """
 
 import json
@@ -123,7 +124,8 @@ def test_export_onnx_cli_on_a_smoke_run(tmp_path, ox):
   out = tmp_path / "onnx.json"
   subprocess.run([sys.executable, "-m", "experiments.export_onnx", f"--run_dirs={c.workdir}",
                   f"--out={out}", f"--export_dir={tmp_path / 'models'}", "--seq_len=8",
-                  "--iters=2", "--warmup=1", "--throughput_batch=4", "--throughput_iters=1"],
+                  "--iters=2", "--warmup=1", "--throughput_batch=4", "--throughput_iters=1",
+                  "--rounds=1"],
                  check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
                  timeout=120)
   doc = json.loads(out.read_text())
@@ -132,6 +134,7 @@ def test_export_onnx_cli_on_a_smoke_run(tmp_path, ox):
   assert run["onnx_f32_max_abs_diff"] <= 1e-4
   assert run["onnx_f32_acc"] == run["jax_acc"]
   assert run["onnx_int8_mb"] < run["onnx_f32_mb"]
+  assert run["onnx_f32_speedup_vs_jax"] > 0 and run["jax_cpu_p50_ms"] > 0
   assert (run["onnx_seq_len"], run["onnx_eval_seq_len"]) == (8, 16)
   row = doc["rows"]["synthetic/smoke_ft"]
   assert row["onnx_n_seeds"] == 1 and row["onnx_int8_acc"] == run["onnx_int8_acc"]

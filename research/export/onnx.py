@@ -92,23 +92,35 @@ def export_classifier(params: Mapping[str, Any], cfg: Any, path: str | os.PathLi
   return path
 
 
-def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> pathlib.Path:
-  """ORT dynamic quantization: int8 weights of MatMul / Gather, activations quantized per call."""
+def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
+                  per_channel: bool = True) -> pathlib.Path:
+  """ORT dynamic quantization: int8 weights of MatMul / Gather, activations quantized per call.
+
+  Per-channel weight scales: on the PhraseBank teacher and student they cut the largest logit
+  error against f32 2-4× (per-tensor: 2.2-2.8) at the same speed and size.
+  """
   require()
-  from onnxruntime.quantization import QuantType, quantize_dynamic  # pylint: disable=g-import-not-at-top
+  from onnxruntime import quantization  # pylint: disable=g-import-not-at-top
   dst = pathlib.Path(dst)
   dst.parent.mkdir(parents=True, exist_ok=True)
   with _quiet(""):  # root: "consider pre-processing" (shape inference; ORT optimizes at load)
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    quantization.quantize_dynamic(str(src), str(dst), per_channel=per_channel,
+                                  weight_type=quantization.QuantType.QInt8)
   return dst
 
 
-def session(path: str | os.PathLike[str], *, threads: int = 0) -> Any:
-  """A CPU InferenceSession; threads=0 lets ORT pick (one per physical core)."""
+def session(path: str | os.PathLike[str], *, threads: int = 0, spin: bool = False) -> Any:
+  """A CPU InferenceSession; threads=0 lets ORT pick (one per physical core).
+
+  spin=False: idle pool threads sleep instead of busy-waiting. On the shared 2-core VM ORT's
+  default spinning made batch-1 calls ~2× slower (its threads fight the other processes);
+  a dedicated edge device may prefer spin=True.
+  """
   require()
   import onnxruntime as ort  # pylint: disable=g-import-not-at-top
   opts = ort.SessionOptions()
   opts.intra_op_num_threads = threads
+  opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
   opts.log_severity_level = 3
   return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
