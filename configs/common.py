@@ -119,6 +119,10 @@ def base_config() -> ml_collections.ConfigDict:
   # causal_lm token KD: > 0 caches the teacher's top-k next-token log-probs (+ tail) at the answer
   # positions once (in the teacher's run dir), and students train against it; 0: teacher runs live.
   c.distill.cache_top_k = 0
+  # causal_lm on-policy KD (GKD): this share of rows trains on the student's own sampled answers,
+  # scored by the live teacher (needs cache_top_k = 0); 0 = off.
+  c.distill.on_policy = 0.0
+  c.distill.sample_temperature = 1.0
   c.distill.layer_map = ()        # student layer i <- teacher layer layer_map[i] (hidden/attn KD)
   c.distill.train_missing_teacher = False  # fine-tune a teacher whose dir holds no run (else refuse)
   return c

@@ -6,6 +6,9 @@ chat task of configs/sft_phrasebank.py. The config argument picks the row (its d
   tok_kl                 {"ce": 0.5, "tok_kl": 0.5}  forward KL per answer token (Hinton; Kim & Rush)
   tok_reverse_kl         {"ce": 0.5, "tok_reverse_kl": 0.5}   reverse KL (MiniLLM)
   tok_jsd                {"ce": 0.5, "tok_jsd": 0.5}  generalized JSD, distill.beta (GKD)
+  gkd_on_policy          {"ce": 0.5, "tok_jsd": 0.5} with distill.on_policy = 0.5: half of each
+                         batch's answers sampled by the student (T = 1), scored by the live
+                         teacher (GKD, Agarwal et al. 2024); about 3x a control step
   seq_kd_smollm2         {"ce": 1} on the teacher's greedy answers to the train prompts, no gold
                          answer read (Kim & Rush 2016; experiments/teacher_generate.py makes them)
 Token KD reads the teacher's top-64 next-token log-probs + tail, cached once in the teacher's run
@@ -24,6 +27,7 @@ from configs import sft_phrasebank
 METHODS = {
     "control_teacher_init": {"ce": 1.0},
     "seq_kd_smollm2": {"ce": 1.0},  # on the SFT teacher's generated answers (data.answers)
+    "gkd_on_policy": {"ce": 0.5, "tok_jsd": 0.5},  # half the rows: the student's own samples
     "tok_kl": {"ce": 0.5, "tok_kl": 0.5},
     "tok_reverse_kl": {"ce": 0.5, "tok_reverse_kl": 0.5},
     "tok_jsd": {"ce": 0.5, "tok_jsd": 0.5},
@@ -48,6 +52,8 @@ def get_config(method: str = "control_teacher_init") -> ml_collections.ConfigDic
   c.distill.losses = ml_collections.ConfigDict(METHODS[method])
   c.distill.temperature = 1.0
   c.distill.cache_top_k = 64
+  if method == "gkd_on_policy":
+    c.distill.on_policy, c.distill.cache_top_k = 0.5, 0
   if method.startswith("seq_kd"):
     c.data.answers = "runs/seqkd/phrasebank_allagree/smollm2_sft_lora.jsonl"
   return c

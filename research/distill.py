@@ -321,7 +321,8 @@ class DistillSetup:
         weights=dict(self.weights), teachers=tuple(fam.bind(m) for m in self.teacher_models),
         temperature=d.temperature, layer_map=tuple(d.layer_map),
         teacher_weights=tuple(d.teacher_weights) or None, top_k=d.top_k,
-        beta=d.get("beta", 0.5), vocab_chunk=d.get("vocab_chunk", 0))
+        beta=d.get("beta", 0.5), vocab_chunk=d.get("vocab_chunk", 0),
+        on_policy=d.get("on_policy", 0.0), sample_temperature=d.get("sample_temperature", 1.0))
 
   def teacher_forward_flops(self, batch: int, seq_len: int) -> float:
     if self.cached:

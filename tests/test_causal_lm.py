@@ -223,3 +223,50 @@ def test_generations_are_written_as_they_go_and_resume(lm_config, tmp_path):
   assert set(meta["answers_per_label"]) == {"negative", "neutral", "positive"}
   with pytest.raises(ValueError, match="made with"):
     seq_kd.generate(lm, _ByteTokenizer(), task, examples, out, teacher="tiny", max_new_tokens=8)
+
+
+def test_on_policy_rows_hold_the_students_own_greedy_answer(lm_config):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from research.models import decoder, registry  # pylint: disable=g-import-not-at-top
+  from research.tasks import on_policy, token_cache  # pylint: disable=g-import-not-at-top
+  cfg = decoder.DecoderConfig(**lm_config.model.overrides.to_dict())
+  params = decoder.init_params(cfg, jax.random.PRNGKey(0))
+  apply = registry.get_family("llama").bind(decoder.Decoder(cfg))
+  task = causal_lm.build(lm_config, None)
+  batch = next(iter(task.train_batches(batch_size=4, seed=0)))
+  batch = {**batch, **token_cache.answer_positions(batch, task.max_answer)}
+  same = on_policy.student_samples(apply, params, batch, jax.random.PRNGKey(1), fraction=0.0,
+                                   temperature=1.0)
+  assert np.array_equal(same["input_ids"], batch["input_ids"])
+  out = on_policy.student_samples(apply, params, batch, jax.random.PRNGKey(1), fraction=1.0,
+                                  temperature=1e-6)  # ~greedy
+  assert float(jnp.sum(out["gold_mask"])) == 0.0 and float(jnp.sum(out["on_policy"])) == 4
+  prompt = np.asarray(batch["loss_mask"]) == 0
+  assert np.array_equal(np.asarray(out["input_ids"])[prompt], np.asarray(batch["input_ids"])[prompt])
+  ids = np.asarray(batch["input_ids"]).copy()  # greedy by hand, one answer slot at a time
+  pos = np.asarray(batch["logit_positions"])
+  for a in range(pos.shape[1]):
+    full = {k: v for k, v in batch.items() if k != "logit_positions"}  # logits at every position
+    logits = np.asarray(apply(params, {**full, "input_ids": jnp.asarray(ids)})["logits"])
+    for r in range(4):
+      if batch["answer_mask"][r, a] > 0:
+        ids[r, pos[r, a] + 1] = logits[r, pos[r, a]].argmax()
+  assert np.array_equal(np.asarray(out["input_ids"]), ids)
+
+
+def test_on_policy_student_through_the_loop(lm_config, tmp_path):
+  teacher_dir = tmp_path / "teacher"
+  lm_config.workdir = str(teacher_dir)
+  lm_config.train.max_steps = lm_config.train.eval_every = lm_config.train.checkpoint_every = 3
+  train.run(lm_config)
+  c = _student(lm_config, teacher_dir, tmp_path / "gkd", {"ce": 0.5, "tok_jsd": 0.5})
+  c.distill.on_policy = 0.5
+  record = train.run(c)
+  lines = [json.loads(l) for l in open(tmp_path / "gkd" / "metrics.jsonl")]
+  rows = [l["on_policy_rows"] for l in lines if l["split"] == "train"]
+  assert sum(rows) > 0 and record["teacher_flops"] > 0  # the live teacher scored them
+  c = _student(lm_config, teacher_dir, tmp_path / "bad", {"tok_kl": 1.0}, cache_top_k=8)
+  c.distill.on_policy = 0.5
+  with pytest.raises(ValueError, match="cache_top_k=0"):
+    train.run(c)

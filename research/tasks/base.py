@@ -32,6 +32,7 @@ class Distillation:
     teachers: one `apply` per teacher; their params arrive in the step's `aux` (same order).
     temperature, layer_map, teacher_weights, top_k, beta, vocab_chunk: as in
       `losses.combined_loss`.
+    on_policy, sample_temperature: on-policy distillation (research/tasks/on_policy.py).
   """
   weights: Mapping[str, float]
   teachers: tuple[Apply, ...]
@@ -41,6 +42,8 @@ class Distillation:
   top_k: int = 8
   beta: float = 0.5
   vocab_chunk: int = 0
+  on_policy: float = 0.0          # GKD's λ: share of rows answered by the student's own samples
+  sample_temperature: float = 1.0
 
 
 class Task(Protocol):

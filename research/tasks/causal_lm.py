@@ -28,6 +28,7 @@ from research import zero_shot
 from research.data import pipeline
 from research.data import prompts
 from research.models import registry
+from research.tasks import on_policy
 from research.tasks import token_cache
 from research.tasks.base import Apply, Distillation, LossFn, PredictFn
 
@@ -154,7 +155,8 @@ def _kd_loss(kd: Distillation, tok_lp, logits, batch, aux):
   total, metrics = jnp.zeros((), jnp.float32), {}
   ce = weights.pop("ce", 0.0)
   if ce:
-    nll, m = losses.token_nll(token_logprobs_BxL=tok_lp, mask_BxL=batch["answer_mask"])
+    gold = batch.get("gold_mask", batch["answer_mask"])  # on-policy rows carry no ground truth
+    nll, m = losses.token_nll(token_logprobs_BxL=tok_lp, mask_BxL=gold)
     total, metrics = total + ce * nll, {"loss/ce": nll, **{f"ce/{k}": v for k, v in m.items()}}
   if weights:
     kd_total, m = losses.combined_loss(
@@ -162,6 +164,8 @@ def _kd_loss(kd: Distillation, tok_lp, logits, batch, aux):
         batch=batch, temperature=kd.temperature, beta=kd.beta, vocab_chunk=kd.vocab_chunk)
     total = total + kd_total
     metrics.update({k: v for k, v in m.items() if k != "loss"})
+  if "on_policy" in batch:
+    metrics["on_policy_rows"] = jnp.sum(batch["on_policy"])
   metrics["loss"] = total
   return total, metrics
 
@@ -209,6 +213,10 @@ class CausalLMTask:
 
     def loss_fn(params, batch, rng, aux):
       batch = {**batch, **token_cache.answer_positions(batch, max_answer)}
+      if kd is not None and kd.on_policy > 0:
+        rng, sample_rng = jax.random.split(rng)
+        batch = on_policy.student_samples(apply, params, batch, sample_rng,
+                                          fraction=kd.on_policy, temperature=kd.sample_temperature)
       tok_lp, logits = _answer_logprobs(apply, params, batch, deterministic=False, rng=rng)
       if kd is None:
         return losses.token_nll(token_logprobs_BxL=tok_lp, mask_BxL=batch["answer_mask"])
@@ -226,14 +234,19 @@ class CausalLMTask:
               "index": batch["index"]}
     return predict_fn
 
-  def evaluate(self, predictions: Mapping[str, Any], split: str) -> dict:
-    """Label scoring: argmax over each example's option scores (summed answer log-probs)."""
+  def option_scores(self, predictions: Mapping[str, Any], split: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(scores N×C: each example's summed answer log-prob per label, gold labels N)."""
     rows = self._rows[split]
     idx = np.asarray(predictions["index"])
     scores = np.full((len(rows.labels), len(self.label_strings)), -np.inf, np.float32)
     scores[rows.example[idx], rows.option[idx]] = np.asarray(predictions["score"])
-    return metrics_lib.classification_metrics(scores, rows.labels,
-                                              label_names=self.label_strings)
+    return scores, rows.labels
+
+  def evaluate(self, predictions: Mapping[str, Any], split: str) -> dict:
+    """Label scoring: argmax over each example's option scores (summed answer log-probs)."""
+    scores, labels = self.option_scores(predictions, split)
+    return metrics_lib.classification_metrics(scores, labels, label_names=self.label_strings)
 
   def attach_teacher(self, kd_setup: Any, config: Any) -> bool:
     """Optional protocol hook: a cached teacher instead of one run in every step."""
@@ -289,6 +302,9 @@ def use_teacher_cache(task: CausalLMTask, kd_setup: Any, config: Any) -> bool:
   """With distill.cache_top_k > 0: attaches the teacher's top-k cache (building it once) so the
   train step never runs the teacher. Returns whether it did."""
   k = int(config.distill.get("cache_top_k", 0))
+  if k and float(config.distill.get("on_policy", 0.0)) > 0:
+    raise ValueError("distill.on_policy > 0 needs the teacher live (it scores the student's own "
+                     "samples); set distill.cache_top_k=0.")
   if not k or "teacher" not in losses.required_outputs(kd_setup.weights):
     return False  # nothing to cache, or no loss reads the teacher (the control, sequence KD)
   if len(kd_setup.teacher_models) != 1:

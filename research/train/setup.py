@@ -69,6 +69,10 @@ def _check_values(config: Any) -> None:
   dd = config.distill
   need(_is_number(dd.get("beta", 0.5)) and 0 < dd.get("beta", 0.5) < 1, "distill.beta",
        dd.get("beta"), "use a value in (0, 1)")
+  need(_is_number(dd.get("on_policy", 0.0)) and 0 <= dd.get("on_policy", 0.0) <= 1,
+       "distill.on_policy", dd.get("on_policy"), "use a share in [0, 1]")
+  need(_is_number(dd.get("sample_temperature", 1.0)) and dd.get("sample_temperature", 1.0) > 0,
+       "distill.sample_temperature", dd.get("sample_temperature"), "use a temperature > 0")
   for f in ("vocab_chunk", "cache_top_k"):
     need(isinstance(dd.get(f, 0), int) and dd.get(f, 0) >= 0, f"distill.{f}", dd.get(f),
          "use an integer >= 0")
