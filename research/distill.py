@@ -325,8 +325,8 @@ class DistillSetup:
         on_policy=d.get("on_policy", 0.0), sample_temperature=d.get("sample_temperature", 1.0))
 
   def teacher_forward_flops(self, batch: int, seq_len: int) -> float:
-    if self.cached:
-      return 0.0  # counted once, when the cache was built (its record: teacher_cache)
+    if self.cached or "teacher" not in losses_lib.required_outputs(self.weights):
+      return 0.0  # cached (counted once, when built: teacher_cache), or no loss reads the teacher
     fam = registry.get_family(self.family)
     return float(sum(fam.analytic_flops(c, batch, seq_len, False) for c in self.teacher_cfgs))
 

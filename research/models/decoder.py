@@ -67,6 +67,8 @@ class DecoderConfig:
   pad_token_id: int | None = None
 
   def __post_init__(self):
+    # From JSON (a run's record) the pairs arrive as lists; jit needs the config hashable.
+    object.__setattr__(self, "rope_scaling", tuple(tuple(p) for p in self.rope_scaling))
     if self.dtype not in _DTYPES:
       raise ValueError(f"DecoderConfig.dtype={self.dtype!r}; use one of {tuple(_DTYPES)}.")
     if self.arch not in _ARCHS:
