@@ -92,14 +92,15 @@ def row(record, pred, labels, teacher, control, speed) -> dict:
        "retention_vs_teacher": m["test"][primary] / teacher["metrics"]["test"][primary],
        "labeled_examples": record["labeled_examples"],
        "validation_labels": m["validation"]["num_examples"],
-       "teacher_generated_examples": (record.get("generations") or {}).get("n", 0)
-       if record.get("generations") else 0,
+       "teacher_generated_examples": (record.get("generations") or {}).get("n_generated", 0),
+       "teacher_cache_flops": (record.get("teacher_cache") or {}).get("build_flops"),
        "train_flops": record["train_flops"], "train_minutes": record["train_seconds"] / 60,
        **{k: v for k, v in speed.items() if k != "rounds"}}
   r["speedup_vs_teacher"] = None
   if control is not None and record["run_dir"] != control[0]["run_dir"]:
     _, c_pred, c_labels = control
-    assert np.array_equal(labels, c_labels)
+    if not np.array_equal(labels, c_labels):
+      raise ValueError(f"{record['run_dir']} and the control were tested on different examples.")
     mc = paired.mcnemar_exact(pred == labels, c_pred == labels)
     acc = paired.paired_bootstrap(paired.accuracy, pred, c_pred, labels)
     f1 = paired.paired_bootstrap(paired.macro_f1, pred, c_pred, labels)

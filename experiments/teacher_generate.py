@@ -11,6 +11,7 @@ Writes one JSONL line per example ({id, answer, parsed}) as it goes and <out>.me
 decoding, parse rate); rerunning resumes. A student trains on it with --config.data.answers=<out>.
 """
 
+import json
 import pathlib
 
 from absl import flags
@@ -27,6 +28,8 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 16, "Greedy answer length.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Prompts generated at once.")
 _LIMIT = flags.DEFINE_integer("limit", 0, "> 0: only the first N examples (a quick check).")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Compute dtype.")
+_CONTEXT = flags.DEFINE_integer("context_words", 200, "Words of a long context kept (the "
+                                "student's data.context_words must match).")
 
 
 class _ModelCfg:
@@ -43,7 +46,6 @@ def load_teacher(teacher: str, dtype: str):
   p = pathlib.Path(teacher)
   if not (p / "result.json").is_file():
     return zero_shot.load_model(teacher, _ModelCfg(dtype))
-  import json  # pylint: disable=g-import-not-at-top
   source = json.loads((p / "result.json").read_text())["config"]["model"]["source"]
   params, cfg = store.load_run_params(p)
   lm = zero_shot.DecoderLM(cfg.replace(dtype=dtype), params,
@@ -67,8 +69,11 @@ def main(argv):
   def progress(n):
     done[0] += n
     print(f"\r{done[0]}/{len(examples)} answered", end="", flush=True)
+  result = pathlib.Path(_TEACHER.value) / "result.json"
+  fp = json.loads(result.read_text()).get("fingerprint", "") if result.is_file() else ""
   meta = seq_kd.generate(lm, tok, task, examples, _OUT.value, teacher=_TEACHER.value,
-                         max_new_tokens=_MAX_NEW.value, batch_size=_BATCH.value, progress=progress)
+                         max_new_tokens=_MAX_NEW.value, batch_size=_BATCH.value, progress=progress,
+                         context_words=_CONTEXT.value, teacher_fingerprint=fp)
   print(f"\n{meta['n']} answers, {meta['parse_rate']:.3f} parse to a label: "
         f"{meta['answers_per_label']} -> {_OUT.value}")
 

@@ -45,13 +45,15 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
 
 
 def macro_f1(pred: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> float:
+  """Mean F1 over the classes present in labels or predictions (research/metrics.py's rule)."""
   c = int(num_classes or max(pred.max(), labels.max()) + 1)
   f1 = []
   for k in range(c):
     tp = np.sum((pred == k) & (labels == k))
     fp, fn = np.sum((pred == k) & (labels != k)), np.sum((pred != k) & (labels == k))
-    f1.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-  return float(np.mean(f1))
+    if tp + fp + fn:
+      f1.append(2 * tp / (2 * tp + fp + fn))
+  return float(np.mean(f1)) if f1 else 0.0
 
 
 def verdict(ci_low: float, ci_high: float) -> str:

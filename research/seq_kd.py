@@ -12,6 +12,7 @@ Generation appends as it goes and skips ids already in the file: a killed run re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -42,9 +43,25 @@ def read_meta(path: str | os.PathLike) -> dict:
   return json.loads(p.read_text()) if p.is_file() else {}
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+  return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
+
+
+def check_matches(meta: dict, *, prompt_task: str, context_words: int, path: str) -> None:
+  """The generations were made for this prompt (task, version, context) or a clear error."""
+  got = meta.get("settings", {})
+  want = {"prompt_task": prompt_task, "prompt_version": prompts.PROMPT_NAME,
+          "context_words": int(context_words)}
+  bad = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+  if bad:
+    raise ValueError(f"data.answers {path!r} was generated with other prompt settings "
+                     f"(file, this run): {bad}; regenerate it with experiments.teacher_generate.")
+
+
 def generate(lm: Any, tokenizer: Any, task: prompts.PromptTask, examples: Sequence[dict],
              out_path: str | os.PathLike, *, teacher: str, max_new_tokens: int = 16,
-             batch_size: int = 8, context_words: int = 200, progress: Any = None) -> dict:
+             batch_size: int = 8, context_words: int = 200, progress: Any = None,
+             teacher_fingerprint: str = "") -> dict:
   """Greedy teacher answers for `examples` (labels unread), appended to `out_path`; returns meta.
 
   Args:
@@ -54,10 +71,13 @@ def generate(lm: Any, tokenizer: Any, task: prompts.PromptTask, examples: Sequen
     examples: records with "id" and "text" (their "label" is never read).
     out_path: the JSONL file; ids already in it are skipped.
     teacher: a name for the record (run dir or model source).
+    teacher_fingerprint: the teacher run's settings fingerprint (its result.json), so answers of
+      a teacher retrained in the same dir are not mixed with the old ones.
   """
   out_path = pathlib.Path(out_path)
   out_path.parent.mkdir(parents=True, exist_ok=True)
-  settings = {"teacher": teacher, "prompt_task": task.name, "prompt_version": prompts.PROMPT_NAME,
+  settings = {"teacher": teacher, "teacher_fingerprint": teacher_fingerprint,
+              "prompt_task": task.name, "prompt_version": prompts.PROMPT_NAME,
               "decoding": "greedy", "max_new_tokens": int(max_new_tokens),
               "context_words": int(context_words), "version": VERSION}
   meta_path = pathlib.Path(str(out_path) + ".meta.json")

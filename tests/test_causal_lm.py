@@ -162,7 +162,7 @@ def test_token_kd_students_live_and_cached_teacher_and_same_init_control(lm_conf
   lm_config.train.max_steps = lm_config.train.eval_every = lm_config.train.checkpoint_every = 6
   train.run(lm_config)
   live = train.run(_student(lm_config, teacher_dir, tmp_path / "live", {"tok_kl": 1.0}))
-  assert live["labeled_examples"] == 0 and live["teacher_cache"] is None
+  assert live["labeled_examples"] == 48 and live["teacher_cache"] is None  # gold answers are inputs
   assert live["model"]["num_layers"] == 1
   # every token kept: the cached divergence is the live one, and the teacher leaves the step
   cached = train.run(_student(lm_config, teacher_dir, tmp_path / "cached", {"tok_kl": 1.0},
@@ -180,10 +180,13 @@ def test_token_kd_students_live_and_cached_teacher_and_same_init_control(lm_conf
   assert control["model"] == live["model"]
 
 
-def _answers_file(path, records, answer):
+def _answers_file(path, records, answer, context_words=200):
   with open(path, "w") as f:
     for r in records:
       f.write(json.dumps({"id": r["id"], "answer": answer, "parsed": None}) + "\n")
+  settings = {"prompt_task": "phrasebank_allagree", "prompt_version": "v1",
+              "context_words": context_words}
+  pathlib.Path(str(path) + ".meta.json").write_text(json.dumps({"settings": settings}))
   return str(path)
 
 
@@ -198,9 +201,13 @@ def test_teacher_answers_replace_the_gold_answers_of_unkept_examples(lm_config, 
   lm_config.data.label_fraction = 0.25  # a quarter keep their gold answer, the rest the teacher's
   task = causal_lm.build(lm_config, None)
   assert task.labeled_count("train") == 12 and len(task.splits["train"]) == 48
+  assert task.generations["n_generated"] == 36
   lm_config.data.answers = _answers_file(tmp_path / "short.jsonl", train_records[:5], "x")
   with pytest.raises(ValueError, match="no answer for 3"):
     causal_lm.build(lm_config, None)
+  lm_config.data.answers = _answers_file(tmp_path / "other.jsonl", train_records, "x", 50)
+  with pytest.raises(ValueError, match="other prompt settings"):
+    causal_lm.build(lm_config, None)  # made for another prompt: refused, not silently used
 
 
 def test_generations_are_written_as_they_go_and_resume(lm_config, tmp_path):

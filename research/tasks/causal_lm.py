@@ -174,6 +174,9 @@ class CausalLMTask:
   """See research/tasks/base.py for the protocol."""
 
   metrics = METRICS
+  # The gold answers are the training inputs (teacher-forced) even when no loss reads "labels":
+  # a token-KD-only row still saw them, so the labeled count stays (research/train/loop.py).
+  answers_are_inputs = True
 
   def __init__(self, rows: Mapping[str, _Rows], *, label_strings: Sequence[str], buckets,
                primary_metric: str = "accuracy", name: str = "causal_lm",
@@ -182,6 +185,7 @@ class CausalLMTask:
     self.teacher_cache: token_cache.TeacherTopK | None = None
     self.n_labeled: int | None = None    # train rows with a gold answer (None: all of them)
     self.generations: dict | None = None  # data.answers' meta (sequence-level KD)
+    self.stop_ids: tuple[int, ...] = ()  # the tokenizer's end-of-answer ids (on-policy sampling)
     if primary_metric not in METRICS:
       raise ValueError(f"train.best_metric={primary_metric!r}; use one of {METRICS}.")
     self.name, self.primary_metric, self._rows = name, primary_metric, dict(rows)
@@ -216,7 +220,8 @@ class CausalLMTask:
       if kd is not None and kd.on_policy > 0:
         rng, sample_rng = jax.random.split(rng)
         batch = on_policy.student_samples(apply, params, batch, sample_rng,
-                                          fraction=kd.on_policy, temperature=kd.sample_temperature)
+                                          fraction=kd.on_policy, temperature=kd.sample_temperature,
+                                          stop_ids=self.stop_ids)
       tok_lp, logits = _answer_logprobs(apply, params, batch, deterministic=False, rng=rng)
       if kd is None:
         return losses.token_nll(token_logprobs_BxL=tok_lp, mask_BxL=batch["answer_mask"])
@@ -268,17 +273,20 @@ def build(config: Any, model_cfg: Any) -> CausalLMTask:
   examples = {s: data_lib.load(task.dataset, task.config, s, **kw)
               for s in ("train", "validation", "test")}
   full_n = len(examples["train"])
-  examples["train"], n_labeled, gen_meta = _train_examples(examples["train"], d, config.seed)
+  examples["train"], n_labeled, gen_meta = _train_examples(examples["train"], d, config.seed,
+                                                           task.name)
   rows = {s: _rows(tok, task, ex, max_length=d.max_length, context_words=d.context_words,
                    all_options=s != "train") for s, ex in examples.items()}
   out = CausalLMTask(rows, label_strings=task.label_strings, buckets=d.buckets,
                      primary_metric=config.train.best_metric,
                      name=config.tags.task or task.name, full_train_size=full_n)
   out.n_labeled, out.generations = n_labeled, gen_meta
+  out.stop_ids = tuple(int(i) for i in tok.stop_ids)
   return out
 
 
-def _train_examples(train: list[dict], d: Any, seed: int) -> tuple[list[dict], int, dict | None]:
+def _train_examples(train: list[dict], d: Any, seed: int, task_name: str
+                    ) -> tuple[list[dict], int, dict | None]:
   """(train examples, how many keep their gold answer, generations meta or None).
 
   label_fraction < 1 keeps that stratified share of gold answers; with data.answers the other
@@ -293,9 +301,15 @@ def _train_examples(train: list[dict], d: Any, seed: int) -> tuple[list[dict], i
   if missing:
     raise ValueError(f"data.answers {d.answers!r} has no answer for {len(missing)} train examples "
                      f"(e.g. {missing[:3]}); generate them for this dataset's train split.")
+  meta = seq_kd.read_meta(d.answers)
+  seq_kd.check_matches(meta, prompt_task=task_name, context_words=d.context_words, path=d.answers)
   out = [e if i in keep else dict(e, answer_text=answers[str(e["id"])]["answer"])
          for i, e in enumerate(train)]
-  return out, len(keep), {"path": d.answers, **seq_kd.read_meta(d.answers)}
+  used = [answers[str(e["id"])]["parsed"] for i, e in enumerate(train) if i not in keep]
+  return out, len(keep), {"path": d.answers, "sha256": seq_kd.file_sha256(d.answers),
+                          "n_generated": len(used),
+                          "used_parse_rate": sum(p is not None for p in used) / max(len(used), 1),
+                          **meta}
 
 
 def use_teacher_cache(task: CausalLMTask, kd_setup: Any, config: Any) -> bool:
@@ -309,8 +323,10 @@ def use_teacher_cache(task: CausalLMTask, kd_setup: Any, config: Any) -> bool:
     return False  # nothing to cache, or no loss reads the teacher (the control, sequence KD)
   if len(kd_setup.teacher_models) != 1:
     raise ValueError("distill.cache_top_k caches one teacher; give one distill.teacher.")
-  apply = registry.get_family(kd_setup.family).bind(kd_setup.teacher_models[0])
+  family = registry.get_family(kd_setup.family)
+  apply, t_cfg = family.bind(kd_setup.teacher_models[0]), kd_setup.teacher_cfgs[0]
   task.teacher_cache = token_cache.load_or_build(
-      task, config.distill.teacher, apply, kd_setup.aux[0], k=k,
-      temperature=config.distill.temperature, batch_size=config.data.eval_batch_size)
+      task, config.distill.teacher, apply, kd_setup.aux[0], t_cfg, k=k,
+      temperature=config.distill.temperature, batch_size=config.data.eval_batch_size,
+      forward_flops=lambda b, width: family.analytic_flops(t_cfg, b, width, False))
   return True

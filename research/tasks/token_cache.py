@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import token_losses
+from research.data import pipeline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,23 +52,30 @@ def answer_positions(batch: Mapping[str, Any], max_answer: int) -> dict:
           "answer_ids": target}
 
 
+CACHE_VERSION = 2  # bump when what a cache holds, or how it is made, changes
+
+
 def _params_digest(params: Any) -> str:
+  """sha256 over every leaf's shape and bytes (a retrained teacher in the same dir differs)."""
   h = hashlib.sha256()
   for leaf in jax.tree.leaves(params):
     a = np.ascontiguousarray(np.asarray(leaf))
-    h.update(str(a.shape).encode())
-    h.update(a[..., :8].tobytes() if a.ndim else a.tobytes())  # cheap, shape + a slice per leaf
+    h.update(f"{a.shape}{a.dtype}".encode())
+    h.update(a.tobytes())
   return h.hexdigest()[:16]
 
 
-def cache_key(task: Any, params: Any, *, k: int, temperature: float) -> dict:
+def cache_key(task: Any, params: Any, teacher_cfg: Any, *, k: int, temperature: float) -> dict:
+  """Everything the cached log-probs depend on: rows, k, T, the teacher's config and params."""
   rows = task.splits["train"]
   h = hashlib.sha256()
   for a in (rows.input_ids, rows.token_type_ids, rows.lengths):
     h.update(np.ascontiguousarray(a).tobytes())
+  cfg = dataclasses.asdict(teacher_cfg) if dataclasses.is_dataclass(teacher_cfg) else teacher_cfg
   return {"rows": h.hexdigest()[:16], "n_rows": int(len(rows)), "top_k": int(k),
           "temperature": float(temperature), "max_answer": int(task.max_answer),
-          "teacher_params": _params_digest(params)}
+          "teacher_params": _params_digest(params), "teacher_config": json.loads(json.dumps(cfg)),
+          "version": CACHE_VERSION}
 
 
 def cache_path(teacher_dir: str, key: dict) -> pathlib.Path:
@@ -76,8 +84,12 @@ def cache_path(teacher_dir: str, key: dict) -> pathlib.Path:
 
 
 def build(task: Any, teacher_apply: Any, params: Any, *, k: int, temperature: float,
-          batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Runs the teacher over every train row once: (ids N×A×k, log-probs N×A×(k+1))."""
+          batch_size: int, forward_flops: Any = None) -> tuple[np.ndarray, np.ndarray, float]:
+  """Runs the teacher over every train row once: (ids N×A×k, log-probs N×A×(k+1), FLOPs).
+
+  Every process builds the whole cache (train batches of any process may hold any row); rows
+  left unfilled would read as junk, so the build checks that none is.
+  """
   max_answer = task.max_answer
 
   @jax.jit
@@ -86,20 +98,34 @@ def build(task: Any, teacher_apply: Any, params: Any, *, k: int, temperature: fl
     logits = teacher_apply(p, batch, deterministic=True)["logits"]
     return token_losses.teacher_topk(teacher_logits_BxAxV=logits, k=k, temperature=temperature)
 
-  n = len(task.splits["train"])
-  ids = np.zeros((n, max_answer, k), np.int32)
+  rows = task.splits["train"]
+  n = len(rows)
+  ids = np.full((n, max_answer, k), -1, np.int32)
   logp = np.zeros((n, max_answer, k + 1), np.float32)
-  for batch in task.eval_batches("train", batch_size):
+  filled, flops = np.zeros(n, bool), 0.0
+  for batch in pipeline.eval_batches(rows, batch_size, task.buckets, labeled=False):
+    batch = dict(batch, loss_mask=batch.pop("token_type_ids"))
     i, lp = (np.asarray(x) for x in topk(params, batch))
     keep = np.asarray(batch["valid"]) > 0
     ids[batch["index"][keep]], logp[batch["index"][keep]] = i[keep], lp[keep]
-  return ids, logp
+    filled[batch["index"][keep]] = True
+    if forward_flops is not None:
+      flops += forward_flops(len(batch["valid"]), batch["input_ids"].shape[1])
+  if not filled.all():
+    raise RuntimeError(f"teacher top-k cache: {int((~filled).sum())} of {n} train rows were not "
+                       "computed; nothing was saved.")
+  return ids, logp, flops
 
 
-def load_or_build(task: Any, teacher_dir: str, teacher_apply: Any, params: Any, *, k: int,
-                  temperature: float, batch_size: int) -> TeacherTopK:
-  """The cache for this task's train rows and this teacher; built (and saved) when missing."""
-  key = cache_key(task, params, k=k, temperature=temperature)
+def load_or_build(task: Any, teacher_dir: str, teacher_apply: Any, params: Any, teacher_cfg: Any,
+                  *, k: int, temperature: float, batch_size: int,
+                  forward_flops: Any = None) -> TeacherTopK:
+  """The cache for this task's train rows and this teacher; built (and saved) when missing.
+
+  meta["build_flops"] is the teacher's analytic forward FLOPs of the build (paid once, by the run
+  that built it: meta["reused"] is False there).
+  """
+  key = cache_key(task, params, teacher_cfg, k=k, temperature=temperature)
   path = cache_path(teacher_dir, key)
   if path.is_file():
     with np.load(path) as f:
@@ -108,17 +134,18 @@ def load_or_build(task: Any, teacher_dir: str, teacher_apply: Any, params: Any, 
         raise ValueError(f"teacher top-k cache {str(path)!r} was made for {meta.get('key')}, not "
                          f"{key}; delete it to rebuild.")
       return TeacherTopK(f["ids"], f["logprobs"], dict(meta, reused=True, path=str(path)))
-  ids, logp = build(task, teacher_apply, params, k=k, temperature=temperature,
-                    batch_size=batch_size)
+  ids, logp, flops = build(task, teacher_apply, params, k=k, temperature=temperature,
+                           batch_size=batch_size, forward_flops=forward_flops)
   mass = np.exp(logp[..., :-1]).sum(-1)
   mask = np.zeros(ids.shape[:2], bool)
   lengths = task.splits["train"].token_type_ids.sum(1)
   for r, a in enumerate(lengths):
     mask[r, :a] = True
-  meta = {"key": key, "teacher_dir": str(teacher_dir),
+  meta = {"key": key, "teacher_dir": str(teacher_dir), "build_flops": flops,
           "mean_topk_mass": float(mass[mask].mean()) if mask.any() else 0.0}
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez(tmp, ids=ids, logprobs=logp, meta=json.dumps(meta, sort_keys=True))
-  os.replace(tmp, path)  # atomic: a killed build leaves no half cache behind
+  if jax.process_index() == 0:  # every process built the same arrays; one writes them
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, ids=ids, logprobs=logp, meta=json.dumps(meta, sort_keys=True))
+    os.replace(tmp, path)  # atomic: a killed build leaves no half cache behind
   return TeacherTopK(ids, logp, dict(meta, reused=False, path=str(path)))

@@ -35,8 +35,12 @@ class FlopCounter:
     lowest = lowest_trained_layer(config.mask, cfg.num_layers)
     batch, self._accum = config.data.batch_size, config.optim.grad_accum
     self._width = setup.task.batch_width
-    self._student = lambda width: fam.analytic_flops(cfg, batch, width, True,
-                                                     trainable_from_layer=lowest)
+    # On-policy KD samples each answer token with one more student forward (no grad).
+    samples = (getattr(setup.task, "max_answer", 0)
+               if float(config.distill.get("on_policy", 0.0)) > 0 else 0)
+    self._student = lambda width: (
+        fam.analytic_flops(cfg, batch, width, True, trainable_from_layer=lowest)
+        + samples * fam.analytic_flops(cfg, batch, width, False))
     self._teacher = ((lambda width: kd.teacher_forward_flops(batch, width)) if kd is not None
                      else (lambda width: 0.0))
     self.student = float(position.get("train_flops", 0.0))   # analytic, student steps

@@ -357,7 +357,8 @@ def _finish(config, s, tr: _Trainer, session_seconds: float, workdir: str, t_sta
                 else masking.count(best_params)["bytes_total"])
   train_seconds = tr.train_seconds + session_seconds
   n_labeled = s.task.labeled_count("train")
-  if s.kd is not None and not s.kd.uses_labels():
+  if (s.kd is not None and not s.kd.uses_labels()
+      and not getattr(s.task, "answers_are_inputs", False)):
     n_labeled = 0  # ground truth never enters the loss (alpha = 0, labels-only KD)
   tags, d = config.tags, config.data
   cache = getattr(s.task, "teacher_cache", None)  # a task's cached teacher outputs, if any
