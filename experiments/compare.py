@@ -45,6 +45,9 @@ def main(argv):
       raise ValueError("--data is for configs/own_data.py (its data.manual_dir); this grid reads "
                        "its datasets from its task configs.")
     grid.data.manual_dir = _DATA.value
+  if "manual_dir" in grid.get("data", {}) and not grid.data.manual_dir:
+    raise ValueError("configs/own_data.py needs your data folder: --data <folder> (or "
+                     "--config.data.manual_dir=<folder>) with train.csv and test.csv in it.")
   compare.main(grid, only=_ONLY.value, report_only=_REPORT_ONLY.value,
                rerun_stale=_RERUN_STALE.value, retime=_RETIME.value)
 

@@ -100,9 +100,11 @@ def task_splits(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   return out
 
 
-def _overlap_fix(cfg: ml_collections.ConfigDict) -> str:
+def _overlap_fix(grid: ml_collections.ConfigDict, cfg: ml_collections.ConfigDict) -> str:
   spec = ",".join(x for x in (cfg.data.config, "dedupe=strict") if x)
-  return (f"drop them from train with --config.data.config='{spec}', or go on anyway with "
+  # configs/own_data.py takes the column spec as data.columns; task configs as data.config.
+  flag = "data.columns" if "columns" in grid.get("data", {}) else "data.config"
+  return (f"drop them from train with --config.{flag}='{spec}', or go on anyway with "
           "--config.checks.on_overlap=warn")
 
 
@@ -112,7 +114,7 @@ def run_checks(grid: ml_collections.ConfigDict, task, cfg: ml_collections.Config
   report_ = checks_lib.run_checks(
       splits["used"], splits["label_names"], max_words=cfg.data.max_length,
       given=splits["given"], user_splits=splits["user_splits"],
-      on_overlap=grid.checks.on_overlap, fix=_overlap_fix(cfg), notes=splits["notes"])
+      on_overlap=grid.checks.on_overlap, fix=_overlap_fix(grid, cfg), notes=splits["notes"])
   name = "data_checks" if len(grid.tasks) == 1 else f"data_checks_{task.name}"
   paths = checks_lib.write_report(report_, results_dir, name)
   print(f"data checks {task.name}: {len(report_['errors'])} error(s), "
@@ -157,7 +159,7 @@ def sweep_lr(grid: ml_collections.ConfigDict, task, cfg: ml_collections.ConfigDi
   tasks = []
   for lr in recipe.lrs:
     t = copy.deepcopy(task)
-    t.name = f"{task.name}_lr{lr:g}"
+    t.name = f"{task.name}_lr{lr:g}_steps{steps}"  # another budget: other cells, not stale ones
     t.run.optim.lr = lr
     t.run.train.max_steps = steps
     t.run.train.eval_every = steps
@@ -165,9 +167,14 @@ def sweep_lr(grid: ml_collections.ConfigDict, task, cfg: ml_collections.ConfigDi
   sg.tasks = tasks
   metric = cfg.train.best_metric
   by_task = {r["task"]: r for r in grid_lib.run_grid(sg)}
-  scores = {f"{lr:g}": float(by_task[f"{task.name}_lr{lr:g}"]["metrics"]["best_validation"][metric])
-            for lr in recipe.lrs}
+  scores = {f"{lr:g}": float(by_task[f"{task.name}_lr{lr:g}_steps{steps}"]["metrics"]
+                             ["best_validation"][metric]) for lr in recipe.lrs}
   best = max(recipe.lrs, key=lambda lr: (scores[f"{lr:g}"], -lr))  # ties: the smaller lr
+  if len(set(scores.values())) == 1:
+    print(f"warning: lr sweep {task.name}: every lr scores validation {metric} "
+          f"{scores[f'{best:g}']:.4g} after {steps} steps, so the sweep cannot choose; took the "
+          f"smallest ({best:g}). A longer sweep (--config.recipe.sweep_steps) can tell them apart.",
+          flush=True)
   return float(best), scores
 
 
@@ -189,7 +196,8 @@ def size_recipe(grid: ml_collections.ConfigDict, task, cfg: ml_collections.Confi
   if len(recipe.lrs) > 1:
     steps = min(recipe.sweep_steps or steps_per_epoch, steps_per_epoch * int(epochs))
     lr, scores = sweep_lr(grid, task, cfg, results_dir, max(steps, 1))
-    out.update(sweep_steps=steps, sweep_metric=cfg.train.best_metric, sweep=scores)
+    out.update(sweep_steps=steps, sweep_metric=cfg.train.best_metric, sweep=scores,
+               sweep_tied=len(set(scores.values())) == 1)
   else:
     lr = float(recipe.lrs[0])
   task.run.optim.lr = lr

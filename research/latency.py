@@ -5,7 +5,7 @@ Latency depends on a model's shape, not its weights, so each distinct shape of a
 by every record of that shape. All shapes of a table are timed in one process, in one pass:
 compiled first, then `rounds` rounds in which every shape runs its batch-1 and batch-B calls in
 turn (the order rotating per round), so load on a shared machine hits every shape alike; a shape's
-p50 is the median of its per-round medians, and the pass records their spread. Timings made at
+p50 is the median of its per-round medians, and the pass records their spread (IQR). Timings made at
 different times (a shape added to a table later) are not compared with each other: `table_pass`
 re-times the whole table when its entries do not come from one pass. The cache is keyed
 "<shape>/<backend>", so a table trained on one machine can be timed later on another's accelerator
@@ -121,15 +121,21 @@ def _times(call, n: int) -> list[float]:
   return out
 
 
+def spread(round_medians: Sequence[float]) -> float:
+  """Interquartile range of the per-round medians: robust to a round that other load hit."""
+  q25, q75 = np.percentile(np.asarray(round_medians, np.float64), [25, 75])
+  return float(q75 - q25)
+
+
 def _summary(rounds_s: list[list[float]], batch: int) -> dict[str, Any]:
-  """p50 = median of per-round medians (ms); spread = their max - min; p90 over all calls."""
+  """p50 = median of per-round medians (ms); spread = their IQR; p90 over all calls."""
   meds = [statistics.median(r) * 1e3 for r in rounds_s]
   flat = [t for r in rounds_s for t in r]
   return {f"batch{batch}_p50_ms": statistics.median(meds),
           f"batch{batch}_p90_ms": float(np.percentile(np.asarray(flat) * 1e3, 90)),
           f"batch{batch}_mean_ms": float(np.mean(flat) * 1e3),
           f"batch{batch}_round_p50_ms": meds,
-          f"batch{batch}_spread_ms": max(meds) - min(meds)}
+          f"batch{batch}_spread_ms": spread(meds)}
 
 
 def benchmark_table(shapes: dict[str, dict[str, Any]], *, backend: str, seq_len: int, iters: int,
@@ -144,7 +150,7 @@ def benchmark_table(shapes: dict[str, dict[str, Any]], *, backend: str, seq_len:
   Returns:
     {shape key: benchmark dict} with the `cost.benchmark_latency` fields (device, backend,
     host_cpu, batch1_p50_ms, batch1_p90_ms, throughput_eps, ...) plus per-round medians, their
-    spread (`batch1_spread_ms`), `rounds` and `pass` (one id for the whole pass).
+    spread (`batch1_spread_ms`, their interquartile range), `rounds` and `pass` (one id for the whole pass).
   """
   if rounds < 1 or iters < 1 or throughput_iters < 1:
     raise ValueError(f"benchmark_table: need rounds, iters, throughput_iters >= 1 (got {rounds}, "

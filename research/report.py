@@ -309,7 +309,7 @@ def latency_sanity(rows: Sequence[dict[str, Any]], backend: str = "cpu") -> list
 
   Returns:
     [{"domain", "task", "fewer", "more" (layer counts), "fewer_ms", "more_ms", "spread_ms" (the
-    larger round-to-round spread of the two; NaN when not recorded)}].
+    larger IQR of the two shapes' round medians; NaN when not recorded)}].
   """
   col = f"{backend}_latency_ms_p50"
   out = []
@@ -338,14 +338,14 @@ def _latency_note(rs: Sequence[dict[str, Any]]) -> str:
   spreads = [r["cpu_latency_ms_spread"] / r["cpu_latency_ms_p50"] for r in timed
              if _ok(r.get("cpu_latency_ms_spread"))]
   how = (f"CPU latency: one benchmark pass, {'/'.join(map(str, sorted(rounds)))} interleaved "
-         f"rounds; round-to-round spread of the medians up to {100 * max(spreads):.0f}% of p50."
+         f"rounds; spread (IQR) of the round medians up to {100 * max(spreads):.0f}% of p50."
          if rounds and spreads else "CPU latency: timed per shape (no interleaved rounds recorded).")
   bad = latency_sanity(timed)
   if not bad:
     return how + " Sanity check (fewer layers of the same width is not slower): holds."
   why = "; ".join(
       f"{b['fewer']} layers {fmt_num(b['fewer_ms'])} ms > {b['more']} layers "
-      f"{fmt_num(b['more_ms'])} ms" + (", within the round-to-round spread (timing noise)"
+      f"{fmt_num(b['more_ms'])} ms" + (", within the spread of the round medians (timing noise)"
                                        if _ok(b["spread_ms"]) and b["fewer_ms"] - b["more_ms"]
                                        <= b["spread_ms"] else "")
       for b in bad)
@@ -562,7 +562,8 @@ def table_markdown(rows: Sequence[dict[str, Any]], summary_text: str = "") -> st
     lines += [f"## {domain} / {task}", "", "| " + " | ".join(head) + " |",
               "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in rs:
-      src = " (analytic)" if ANALYTIC_SOURCE in r.get("train_flops_source", "") else ""
+      src = (" (analytic)" if ANALYTIC_SOURCE in r.get("train_flops_source", "")
+             and _ok(r["train_flops"]) else "")
       cells = [f"**{r['method']}** †" if r["is_teacher"] else r["method"], r["kind"],
                f"{fmt_count(r['params_total'])} ({fmt_count(r['params_trainable'])})",
                fmt_num(r["checkpoint_mb"]),

@@ -138,6 +138,15 @@ def test_overlapping_user_splits_stop_before_training_with_the_fix(tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   err = proc.stderr.strip().splitlines()[-1]
   assert err.startswith("error: data checks my_task: 4 of test's 16 rows (25%) also appear in train")
-  assert "dedupe=strict" in err and "--config.checks.on_overlap=warn" in err
+  assert "--config.data.columns='dedupe=strict'" in err and "--config.checks.on_overlap=warn" in err
   assert (tmp_path / "results" / "data_checks.md").exists()
   assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_no_folder_is_one_line_naming_the_flag(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "experiments.compare", "--config",
+                         "configs/own_data.py", f"--config.results_dir={tmp_path}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "error: configs/own_data.py needs your data folder: --data <folder>")

@@ -165,7 +165,7 @@ def _overlap_problems(part: Mapping[str, Any], *, user_splits: set[str], on_over
     if not d["normalised"]:
       continue
     rows = part["duplicates"]["within"][d["b"]]["rows"]
-    line = (f"{d['normalised']} of {d['b']}'s {rows} rows ({100 * d['fraction']:.0f}%) also "
+    line = (f"{d['normalised']} of {d['b']}'s {rows} rows ({100 * d['fraction']:.2g}%) also "
             f"appear in {d['a']} (same text after normalising; {d['exact']} exactly), e.g. "
             f"{d['examples'][0][:60]!r}: {d['b']} scores would be inflated")
     if d["a"] == "train" and {d["a"], d["b"]} <= user_splits and on_overlap == "refuse":
