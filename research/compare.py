@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import pathlib
+import shutil
 from typing import Any, Sequence
 
 import ml_collections
@@ -167,6 +168,8 @@ def sweep_lr(grid: ml_collections.ConfigDict, task, cfg: ml_collections.ConfigDi
   sg.tasks = tasks
   metric = cfg.train.best_metric
   by_task = {r["task"]: r for r in grid_lib.run_grid(sg)}
+  # The records are the sweep's result; its runs are never resumed or distilled from.
+  shutil.rmtree(sg.runs_dir, ignore_errors=True)
   scores = {f"{lr:g}": float(by_task[f"{task.name}_lr{lr:g}_steps{steps}"]["metrics"]
                              ["best_validation"][metric]) for lr in recipe.lrs}
   best = max(recipe.lrs, key=lambda lr: (scores[f"{lr:g}"], -lr))  # ties: the smaller lr

@@ -122,6 +122,7 @@ def test_the_lr_sweep_reads_validation_only(tmp_path, monkeypatch):
   # The scores are the runs' best validation metric; their test metrics play no part.
   for r in sweep:
     assert scores[f"{r['config']['optim']['lr']:g}"] == r["metrics"]["best_validation"]["accuracy"]
+  assert not (pathlib.Path(g.runs_dir) / "lr_sweep").exists()  # its runs are deleted
   # The sweep's records stay out of the table (not under results_dir/cells).
   assert not (pathlib.Path(g.results_dir) / "cells").exists()
   # Rerunning resumes: nothing is trained again.
