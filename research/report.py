@@ -8,6 +8,8 @@ speed-up are relative to the teacher row (`is_teacher`) of the same (domain, tas
 comes from the records; nothing is estimated here (GPU columns appear only if GPU records exist).
 
 Usage: `python -m research.report <results_dir> [--out DIR]`, or `write_report(results_dir)`.
+A results folder's `onnx.json` (experiments/export_onnx.py), when present, adds its ONNX Runtime
+columns (`onnx_*`) to the rows it names.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ EXTRA_COLUMNS = ("kind", "seeds", "cpu_device", "cpu_latency_ms_p90", "cpu_throu
 # are reference points, never the fine-tuned or distilled model the qualitative table names.
 BASELINE = "baseline"
 NAN = float("nan")
+# experiments/export_onnx.py's output in a results folder: "rows" {"<task>/<method>": {onnx_* seed
+# means, "onnx_n_seeds"}} merged into the table rows, with "host_cpu", "settings", "versions".
+ONNX_FILE = "onnx.json"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +232,14 @@ def _train_flops(rs: Sequence[dict[str, Any]]) -> dict[str, Any]:
   return {"train_flops": _mean(analytic), "train_flops_source": ANALYTIC_SOURCE}
 
 
-def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def load_onnx(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+  """`<folder>/onnx.json` (experiments/export_onnx.py), or None when there is none."""
+  path = Path(folder) / ONNX_FILE
+  return json.loads(path.read_text()) if path.is_file() else None
+
+
+def aggregate(records: Sequence[dict[str, Any]],
+              onnx: dict[str, Any] | None = None) -> list[dict[str, Any]]:
   """Aggregates the main runs over seeds per (domain, task, method).
 
   Main runs have label_fraction 1 and no `series`; data-efficiency runs (with `series`) are separate
@@ -235,6 +247,8 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
   Args:
     records: result records (see `load_records`).
+    onnx: an onnx.json document (`load_onnx`); its "rows" entry "<task>/<method>" (onnx_* fields)
+      is added to that row as is.
 
   Returns:
     table rows (dicts with REQUIRED_COLUMNS, EXTRA_COLUMNS and `<backend>_device`,
@@ -286,6 +300,7 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
       row[f"{b}_device"] = ", ".join(sorted({str(x["device"]) for x in lat if x.get("device")}))
       row[f"{b}_latency_ms_p50"] = _mean(x.get("batch1_p50_ms") for x in lat)
       row[f"{b}_throughput_eps"] = _mean(x.get("throughput_eps") for x in lat)
+    row.update(((onnx or {}).get("rows") or {}).get(f"{task}/{method}", {}))
     rows.append(row)
   for row in rows:
     teacher = teacher_row(rows, row["domain"], row["task"])
@@ -547,18 +562,52 @@ LEGEND = """\
 """
 
 
-def table_markdown(rows: Sequence[dict[str, Any]], summary_text: str = "") -> str:
-  """The readable table: one section per (domain, task), mean ± std, a legend."""
+# The ONNX Runtime columns (header, row key, format), shown when a row has onnx_f32_p50_ms.
+ONNX_COLUMNS = (("ORT f32 p50 ms", "onnx_f32_p50_ms", "num"),
+                ("ORT int8 p50 ms", "onnx_int8_p50_ms", "num"),
+                ("int8 ex/s", "onnx_int8_eps", "num"), ("int8 MB", "onnx_int8_mb", "num"),
+                ("int8 acc", "onnx_int8_acc", "acc"))
+
+
+def _has_onnx(rows: Sequence[dict[str, Any]]) -> bool:
+  return any(_ok(r.get("onnx_f32_p50_ms")) for r in rows)
+
+
+def _onnx_note(rs: Sequence[dict[str, Any]], onnx: dict[str, Any] | None) -> str:
+  """Where and how the ORT columns were measured, from onnx.json's host_cpu/settings/versions."""
+  doc = onnx or {}
+  st, ver = doc.get("settings") or {}, doc.get("versions") or {}
+  tools = ", ".join(f"{k} {ver[k]}" for k in ("jax2onnx", "onnxruntime") if ver.get(k))
+  seeds = sorted({int(r["onnx_n_seeds"]) for r in rs if _ok(r.get("onnx_n_seeds"))})
+  how = ", ".join(x for x in (
+      f"batch-1 p50 at width {st['seq_len']}" if st.get("seq_len") else "",
+      f"ex/s at batch {st['throughput_batch']}" if st.get("throughput_batch") else "",
+      f"median of {st['rounds']} rounds interleaved with the JAX forward" if st.get("rounds")
+      else "") if x)
+  n = "/".join(map(str, seeds))
+  return (f"ORT columns: the same best params exported to ONNX" + (f" ({tools})" if tools else "")
+          + f" and run in ONNX Runtime on CPU ({doc.get('host_cpu') or 'host not recorded'}), f32 "
+          "and dynamic int8" + (f"; {how}" if how else "") + "; int8 acc: test accuracy of the "
+          "int8 model" + (f", mean over {n} seed(s)" if seeds else "")
+          + f" ({ONNX_FILE}, `python -m experiments.export_onnx`).")
+
+
+def table_markdown(rows: Sequence[dict[str, Any]], summary_text: str = "",
+                   onnx: dict[str, Any] | None = None) -> str:
+  """The readable table: one section per (domain, task), mean ± std, a legend. A section with a
+  row that has onnx_f32_p50_ms gets the ONNX Runtime columns and a note from `onnx` (onnx.json)."""
   accel = _accel_backends(rows)
-  head = ["Method", "Kind", "Params (trainable)", "Ckpt MB", "Accuracy", "Macro-F1", "Retention",
-          "CPU p50 ms", "CPU ex/s", "Speed-up"]
-  head += [h for b in accel for h in (f"{b.upper()} p50 ms", f"{b.upper()} ex/s")]
-  head += ["Train FLOPs", "Train time", "Labeled / unlabeled", "n"]
+  first = ["Method", "Kind", "Params (trainable)", "Ckpt MB", "Accuracy", "Macro-F1", "Retention",
+           "CPU p50 ms", "CPU ex/s", "Speed-up"]
+  first += [h for b in accel for h in (f"{b.upper()} p50 ms", f"{b.upper()} ex/s")]
+  last = ["Train FLOPs", "Train time", "Labeled / unlabeled", "n"]
   lines = ["# Fine-tune or distill? Comparison table", ""]
   if summary_text:
     lines += [summary_text.strip(), ""]
   for domain, task in _tasks(rows):
     rs = [r for r in rows if (r["domain"], r["task"]) == (domain, task)]
+    ort = ONNX_COLUMNS if _has_onnx(rs) else ()
+    head = first + [h for h, _, _ in ort] + last
     lines += [f"## {domain} / {task}", "", "| " + " | ".join(head) + " |",
               "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in rs:
@@ -573,6 +622,8 @@ def table_markdown(rows: Sequence[dict[str, Any]], summary_text: str = "") -> st
                fmt_num(r["cpu_throughput_eps"]), _fmt_ratio(r["speedup_vs_teacher"])]
       for b in accel:
         cells += [fmt_num(r.get(f"{b}_latency_ms_p50")), fmt_num(r.get(f"{b}_throughput_eps"))]
+      cells += [(f"{float(r[k]):.3f}" if how == "acc" and _ok(r.get(k)) else fmt_num(r.get(k)))
+                for _, k, how in ort]
       cells += [fmt_flops(r["train_flops"]) + src, fmt_seconds(r["train_seconds"]),
                 f"{fmt_count(r['labeled_examples'])} / {fmt_count(r['unlabeled_examples'])}",
                 str(r["n_seeds"])]
@@ -584,6 +635,8 @@ def table_markdown(rows: Sequence[dict[str, Any]], summary_text: str = "") -> st
       lines[-1] += f" {b.upper()}: {', '.join(devs) or 'not measured'}."
     if note := _latency_note(rs):
       lines += ["", note]
+    if ort:
+      lines += ["", _onnx_note(rs, onnx)]
     lines.append("")
   lines += ["## Legend", "", LEGEND]
   return "\n".join(lines)
@@ -933,26 +986,30 @@ def write_report(results_dir: str | os.PathLike[str] | Sequence[dict[str, Any]],
   Args:
     results_dir: results folder (or a result file, or a list of records; see `load_records`).
     out_dir: where to write; default `results_dir` itself (the folder of a results file; required
-      for a list of records).
+      for a list of records). The results folder's onnx.json (for a list of records: out_dir's),
+      when there is one, adds the ONNX Runtime columns (`aggregate`, `table_markdown`).
 
   Returns:
     {file name: path} of every file written; pareto.png / data_efficiency.png are absent when no
     record has CPU latency / a `series`.
   """
   records = load_records(results_dir)
-  if out_dir is None:
-    if isinstance(results_dir, (list, tuple)):
+  if isinstance(results_dir, (list, tuple)):
+    if out_dir is None:
       raise ValueError("write_report: pass out_dir when giving records as a list.")
+    source = Path(out_dir)
+  else:
     base = Path(results_dir)
-    out_dir = base if base.is_dir() else base.parent
-  out = Path(out_dir)
+    source = base if base.is_dir() else base.parent
+  out = Path(out_dir) if out_dir is not None else source
   out.mkdir(parents=True, exist_ok=True)
-  rows = aggregate(records)
+  onnx = load_onnx(source)
+  rows = aggregate(records, onnx)
   text = summary(records)
   paths = {name: out / name for name in
            ("table.csv", "table.md", "table.tex", "qualitative.md", "summary.md")}
   write_csv(rows, paths["table.csv"])
-  paths["table.md"].write_text(table_markdown(rows, text))
+  paths["table.md"].write_text(table_markdown(rows, text, onnx))
   paths["table.tex"].write_text(table_latex(rows))
   paths["qualitative.md"].write_text(qualitative_markdown(rows, records))
   paths["summary.md"].write_text(text)

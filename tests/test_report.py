@@ -266,3 +266,53 @@ def test_summary_one_seed_difference_has_no_spread():
   text = report.summary(recs)
   assert "5% labels: +4.0 pts (n=1, one seed; no spread)" in text
   assert "±" not in text.split("KD beats")[1]
+
+
+def _onnx_doc() -> dict:
+  """What experiments/export_onnx.py writes: per-row onnx_* seed means, host, settings, versions."""
+  row = lambda f32, int8, acc: {"onnx_f32_p50_ms": f32, "onnx_int8_p50_ms": int8,
+                                "onnx_int8_eps": 1000.0 / int8, "onnx_int8_mb": 23.0,
+                                "onnx_int8_acc": acc, "onnx_f32_acc": 0.95, "onnx_n_seeds": 3}
+  return {"host_cpu": "Test CPU, 2 cores", "runs": {},
+          "settings": {"seq_len": 64, "throughput_batch": 32, "rounds": 5},
+          "versions": {"jax2onnx": "0.17.1", "onnx": "1.23.2", "onnxruntime": "1.32.0"},
+          "rows": {"fpb/finetune_full": row(10.9, 5.38, 0.9557),
+                   "fpb/kd_soft": row(5.2, 2.35, 0.93),
+                   "other/finetune_full": row(1.0, 1.0, 0.5)}}  # a row no record has: ignored
+
+
+def test_onnx_json_adds_ort_columns_and_note(tmp_path):
+  results = write_synthetic_results(tmp_path / "results")
+  extra = _record("finetune_full", 0, 0.8, teacher=True, task="ledgar")  # no ONNX rows: as before
+  (results / "cells" / "ledgar__finetune_full__s0.json").write_text(json.dumps(extra))
+  plain = report.write_report(results, tmp_path / "plain")["table.md"].read_text()
+  (results / report.ONNX_FILE).write_text(json.dumps(_onnx_doc()))
+  paths = report.write_report(results, tmp_path / "onnx")
+  md = paths["table.md"].read_text()
+  fpb, ledgar = md.split("## bfsi / fpb")[1], md.split("## bfsi / ledgar")[1].split("## Legend")[0]
+  assert "| ORT f32 p50 ms | ORT int8 p50 ms | int8 ex/s | int8 MB | int8 acc |" in fpb
+  teacher = next(line for line in fpb.splitlines() if line.startswith("| **finetune_full**"))
+  assert "| 10.9 | 5.38 | 186 | 23 | 0.956 |" in teacher
+  lora = next(line for line in fpb.splitlines() if line.startswith("| lora"))
+  assert "| – | – | – | – | – |" in lora
+  assert ("ORT columns: the same best params exported to ONNX (jax2onnx 0.17.1, onnxruntime "
+          "1.32.0) and run in ONNX Runtime on CPU (Test CPU, 2 cores)") in fpb
+  assert "width 64, ex/s at batch 32, median of 5 rounds" in fpb and "3 seed(s)" in fpb
+  assert "ORT" not in ledgar and ledgar == plain.split("## bfsi / ledgar")[1].split("## Legend")[0]
+  assert "ORT" not in plain
+  with open(paths["table.csv"]) as f:
+    rows = {r["method"]: r for r in csv.DictReader(f) if r["task"] == "fpb"}
+  assert float(rows["kd_soft"]["onnx_int8_acc"]) == pytest.approx(0.93)
+  assert rows["lora"]["onnx_int8_acc"] == "" and rows["kd_soft"]["onnx_n_seeds"] == "3"
+  # compare.py passes records and out_dir=results_dir: the onnx.json there is merged too.
+  listed = report.write_report(report.load_records(results), results)["table.md"].read_text()
+  assert "ORT int8 p50 ms" in listed
+
+
+def test_rows_without_onnx_json_are_unchanged(tmp_path):
+  results = write_synthetic_results(tmp_path / "results")
+  rows = report.aggregate(report.load_records(results))
+  assert report.load_onnx(results) is None
+  assert not any(k.startswith("onnx_") for r in rows for k in r)
+  same = report.aggregate(report.load_records(results), {"rows": {}})
+  assert json.dumps(same) == json.dumps(rows)
