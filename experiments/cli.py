@@ -65,6 +65,12 @@ def _parse(argv: list[str]) -> list[str]:
   return []  # not reached
 
 
+def config_overrides(name: str = "config", flag_values: flags.FlagValues = flags.FLAGS) -> set[str]:
+  """The fields the command line set on config flag `name` ("data.name", "workdir", ...)."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  return set(config_flags.get_override_values(flag_values[name]))
+
+
 def quiet_logs() -> None:
   """Library INFO lines (Orbax "Finished saving...", absl) off unless --verbosity was given."""
   if not flags.FLAGS["verbosity"].present:

@@ -18,6 +18,7 @@ from configs import common
 from experiments import cli
 from research import distill
 from research import train
+from research.data import local_text
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Distillation config file.",
                                           lock_config=True)
@@ -31,6 +32,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard a student run in con
 def main(argv):
   del argv
   config = _CONFIG.value
+  local_text.name_after_folder(config, cli.config_overrides())  # names of a task's config
   student_workdir = config.workdir
 
   def runner(c):  # --overwrite applies to the student's run only, never to its teacher's

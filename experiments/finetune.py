@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from experiments import cli
 from research import train
+from research.data import local_text
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -24,7 +25,9 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard a run in config.work
 
 def main(argv):
   del argv
-  result = train.run(_CONFIG.value, overwrite=_OVERWRITE.value)
+  config = _CONFIG.value
+  local_text.name_after_folder(config, cli.config_overrides())  # names of a task's config
+  result = train.run(config, overwrite=_OVERWRITE.value)
   summary = {k: result[k] for k in ("method", "task", "params_total", "params_trainable",
                                     "train_seconds", "examples_seen", "run_dir")}
   summary["test"] = {k: v for k, v in result["metrics"]["test"].items() if k != "per_class"}

@@ -61,3 +61,40 @@ def test_errors_are_clear(tmp_path):
             data_dir=tmp_path / "d")
   with pytest.raises(ValueError, match="spec item 'colour=red'"):
     local_text.LocalTextSpec.parse("text=a,colour=red")
+
+
+def _switched(config_file, *overrides):
+  """A config file loaded as the command line would, with --config.* overrides."""
+  from absl import flags
+  from ml_collections import config_flags
+  from experiments import cli
+  argv = ["prog", f"--config={config_file}", *overrides]
+  fv = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file("config", flag_values=fv, sys_argv=argv)
+  fv(argv)
+  return holder.value, cli.config_overrides(flag_values=fv)
+
+
+def test_a_task_config_switched_to_local_text_is_named_after_the_folder(tmp_path, capsys):
+  folder = str(tmp_path / "complaints")
+  config, given = _switched("configs/finetune_phrasebank_allagree.py",
+                            "--config.data.name=local_text", f"--config.data.manual_dir={folder}")
+  assert given == {"data.name", "data.manual_dir"}
+  assert len(local_text.name_after_folder(config, given)) == 3
+  assert (config.name, config.tags.task, config.workdir) == (
+      "complaints", "complaints", "runs/complaints/full")
+  assert "named after the data instead" in capsys.readouterr().err
+  # A student: its teacher is looked for under the folder's name too; fields the user set stay.
+  config, given = _switched("configs/distill_phrasebank.py", "--config.data.name=local_text",
+                            "--config.workdir=runs/mine/student")
+  local_text.name_after_folder(config, given)
+  assert (config.name, config.tags.task, config.workdir, config.distill.teacher) == (
+      "local_text_kd_soft", "local_text", "runs/mine/student", "runs/local_text/full")
+  # The user named the task, or data.name was not switched on the command line: unchanged.
+  config, given = _switched("configs/finetune_phrasebank_allagree.py",
+                            "--config.data.name=local_text", "--config.tags.task=mine")
+  assert local_text.name_after_folder(config, given) == []
+  assert (config.name, config.tags.task) == ("phrasebank_allagree", "mine")
+  config, _ = _switched("configs/finetune_phrasebank_allagree.py", "--config.data.name=local_text")
+  assert local_text.name_after_folder(config, set()) == []
+  assert config.tags.task == "phrasebank_allagree"

@@ -279,3 +279,43 @@ class LocalText(base.DomainBuilder):
     del files  # parsed in __init__ (the label names are needed before building)
     self.info.metadata.update(self.notes)
     return self._splits
+
+
+# Fields of a run config that name its task (run name, table tag, run directories).
+NAMED_FIELDS = ("name", "tags.task", "workdir", "distill.teacher")
+
+
+def name_after_folder(config: Any, given: "set[str] | frozenset[str]" = frozenset()) -> list[str]:
+  """Names a run after the user's folder when a config made for another task switched to local_text.
+
+  A task config (configs/common.py task_config) names everything after its task: `name`,
+  `tags.task`, `workdir` (runs/<task>/...) and a student's `distill.teacher`. After
+  `--config.data.name=local_text` those still say e.g. phrasebank_allagree, so the run would be
+  filed (and a teacher looked for) under that task. When "data.name" is in `given` (the fields
+  set on the command line) and tags.task is not, the old task name in each field of NAMED_FIELDS
+  that the user did not set is replaced by the folder's name (the last part of data.manual_dir;
+  "local_text" without one), with a note on stderr.
+
+  Returns:
+    one "field 'old' -> 'new'" string per renamed field (empty when nothing changed).
+  """
+  old = str(config.tags.get("task", "") or "")
+  if config.data.name != "local_text" or "data.name" not in given or "tags.task" in given \
+      or not old:
+    return []
+  folder = str(config.data.get("manual_dir", "") or "")
+  new = (pathlib.Path(folder).resolve().name if folder else "") or "local_text"
+  changed = []
+  for field in NAMED_FIELDS:
+    parent, _, leaf = field.rpartition(".")
+    node = config.get(parent, {}) if parent else config
+    value = node.get(leaf)
+    if field in given or not isinstance(value, str) or old not in value or old == new:
+      continue
+    node[leaf] = value.replace(old, new)
+    changed.append(f"{field} {value!r} -> {node[leaf]!r}")
+  if changed:
+    print(f"local_text: this config names its run after task {old!r}; named after the data "
+          f"instead: {'; '.join(changed)} (--config.name / --config.tags.task / --config.workdir "
+          "/ --config.distill.teacher choose them)", file=sys.stderr)
+  return changed
