@@ -2,12 +2,12 @@
 
   python -m experiments.llm_table --out=results/llm_bfsi \
       --teacher=runs/sft/phrasebank_allagree/lora_r8_lr2e-4 \
-      --control=runs/llm_bfsi/phrasebank_allagree/control_teacher_init_seed0 \
+      --control=runs/llm_bfsi/phrasebank_allagree/control_teacher_init_seed0,... \
       --runs=runs/llm_bfsi/phrasebank_allagree/tok_kl_seed0,...
 
 For every run dir (its result.json and best params): test accuracy / macro-F1 by label scoring
 (recomputed from the best params, and checked against the record), the paired test of each row
-against the same-init control on the same test examples (McNemar exact, paired bootstrap of the
+against the same-init control (same teacher, same seed) on the same test examples (McNemar exact, paired bootstrap of the
 accuracy and macro-F1 difference), retention of the teacher's primary metric, params, checkpoint
 MB, and batch-1 prefill / greedy decode tokens/s of every model shape timed in one process,
 interleaved over --rounds rounds (median; random weights of each shape, speed does not depend on
@@ -16,6 +16,7 @@ them). Writes table.md, table.csv and records.json under --out.
 
 import csv
 import json
+import os
 import pathlib
 import statistics
 
@@ -34,7 +35,8 @@ from research.models import registry
 
 _OUT = flags.DEFINE_string("out", None, "Results folder.")
 _TEACHER = flags.DEFINE_string("teacher", None, "The SFT teacher's run dir.")
-_CONTROL = flags.DEFINE_string("control", None, "The same-init control's run dir.")
+_CONTROL = flags.DEFINE_list("control", [], "Same-init control run dirs; each row is paired with "
+                             "the control of its own teacher and seed.")
 _RUNS = flags.DEFINE_list("runs", [], "Other run dirs (students).")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds.")
 _NEW = flags.DEFINE_integer("new_tokens", 32, "Decode tokens timed per round.")
@@ -112,11 +114,30 @@ def row(record, pred, labels, teacher, control, speed) -> dict:
   return r
 
 
+def _own_teacher(record: dict, loaded: dict, default: dict) -> dict:
+  """The record of the run's teacher when it is in the table, else --teacher's."""
+  for d, (rec, _, _) in loaded.items():
+    if record.get("teachers") and os.path.abspath(record["teachers"][0]) == os.path.abspath(d):
+      return rec
+  return default
+
+
+def _control_of(record: dict, loaded: dict):
+  """The control with this row's teacher and seed (None for teachers and unmatched rows)."""
+  if not record.get("teachers"):
+    return None
+  for d in _CONTROL.value:
+    c = loaded[d][0]
+    if c["teachers"] == record["teachers"] and c["seed"] == record["seed"]:
+      return loaded[d]
+  return None
+
+
 def main(argv):
   del argv
   if not (_OUT.value and _TEACHER.value and _CONTROL.value):
     raise ValueError("give --out, --teacher and --control (run dirs; see the docstring).")
-  dirs = [_TEACHER.value, _CONTROL.value] + [d for d in _RUNS.value if d]
+  dirs = [_TEACHER.value] + list(_CONTROL.value) + [d for d in _RUNS.value if d]
   loaded = {d: test_predictions(d) for d in dirs}
   shapes = {}
   for rec, _, _ in loaded.values():
@@ -130,9 +151,11 @@ def main(argv):
   for d in dirs:
     rec, pred, labels = loaded[d]
     key = registry.get_family("llama").shape_key(rec["model"])
-    r = row(rec, pred, labels, teacher, loaded[_CONTROL.value] if d != _TEACHER.value else None,
-            speed[key])
-    r["speedup_vs_teacher"] = speed[key]["decode_tok_s"] / speed[t_key]["decode_tok_s"]
+    own = _own_teacher(rec, loaded, teacher)  # a student's retention reads its own teacher
+    r = row(rec, pred, labels, own, _control_of(rec, loaded), speed[key])
+    own_key = registry.get_family("llama").shape_key(own["model"])
+    r["teacher"] = own["run_dir"]
+    r["speedup_vs_teacher"] = speed[key]["decode_tok_s"] / speed[own_key]["decode_tok_s"]
     r["run_dir"] = d
     rows.append(r)
   write(rows, speed, pathlib.Path(_OUT.value))
