@@ -43,10 +43,8 @@ def available_backends() -> list[str]:
   return ["cpu"] + accel
 
 
-def benchmark_shape(model: dict[str, Any], *, seq_len: int, iters: int, warmup: int,
-                    throughput_batch: int, throughput_iters: int = 10,
-                    backend: str | None = None) -> dict[str, Any]:
-  """Times batch-1 latency and batch-`throughput_batch` throughput of one classifier shape."""
+def _classifier(model: dict[str, Any], seq_len: int):
+  """(config, random params, apply_fn, make_batch) of one classifier shape (speed only)."""
   cfg = encoder.EncoderConfig(**{k: v for k, v in model.items()
                                  if k in encoder.EncoderConfig.__dataclass_fields__})
   module = encoder.EncoderClassifier(cfg)
@@ -61,6 +59,14 @@ def benchmark_shape(model: dict[str, Any], *, seq_len: int, iters: int, warmup: 
     return {"input_ids": np.full((b, seq_len), 1000, np.int32),
             "attention_mask": np.ones((b, seq_len), np.int32),
             "token_type_ids": np.zeros((b, seq_len), np.int32)}
+  return cfg, params, apply_fn, make_batch
+
+
+def benchmark_shape(model: dict[str, Any], *, seq_len: int, iters: int, warmup: int,
+                    throughput_batch: int, throughput_iters: int = 10,
+                    backend: str | None = None) -> dict[str, Any]:
+  """Times batch-1 latency and batch-`throughput_batch` throughput of one classifier shape."""
+  cfg, params, apply_fn, make_batch = _classifier(model, seq_len)
 
   # Batch-1 latency over `iters` runs; throughput at the large batch over fewer (each is long).
   out = cost.benchmark_latency(apply_fn, make_batch, params=params, batch_sizes=(1,),
@@ -94,19 +100,8 @@ def record_shapes(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]
 
 def _compiled(model: dict[str, Any], *, seq_len: int, batch: int, device: Any):
   """A compiled batch-`batch` forward of the shape and its on-device inputs."""
-  cfg = encoder.EncoderConfig(**{k: v for k, v in model.items()
-                                 if k in encoder.EncoderConfig.__dataclass_fields__})
-  module = encoder.EncoderClassifier(cfg)
-  ids = jnp.ones((1, seq_len), jnp.int32)
-  params = jax.jit(lambda: module.init(jax.random.PRNGKey(0), ids, ids, ids * 0)["params"])()
-
-  def apply_fn(p, x):
-    return module.apply({"params": p}, x["input_ids"], x["attention_mask"],
-                        x["token_type_ids"])["logits"]
-
-  x = {"input_ids": np.full((batch, seq_len), 1000, np.int32),
-       "attention_mask": np.ones((batch, seq_len), np.int32),
-       "token_type_ids": np.zeros((batch, seq_len), np.int32)}
+  cfg, params, apply_fn, make_batch = _classifier(model, seq_len)
+  x = make_batch(batch)
   args = jax.device_put((params, x), device)
   fn = jax.jit(apply_fn).lower(*args).compile()
   return (lambda: jax.block_until_ready(fn(*args))), cfg.dtype
