@@ -139,23 +139,20 @@ def main(argv):
     raise ValueError("give --out, --teacher and --control (run dirs; see the docstring).")
   dirs = [_TEACHER.value] + list(_CONTROL.value) + [d for d in _RUNS.value if d]
   loaded = {d: test_predictions(d) for d in dirs}
-  shapes = {}
-  for rec, _, _ in loaded.values():
-    cfg = decoder.DecoderConfig(**{k: tuple(map(tuple, v)) if k == "rope_scaling" else v
-                                   for k, v in rec["model"].items()})
-    shapes[registry.get_family("llama").shape_key(rec["model"])] = cfg
+  shape_key = registry.get_family("llama").shape_key
+  shapes = {shape_key(rec["model"]): decoder.DecoderConfig(**rec["model"])
+            for rec, _, _ in loaded.values()}
   speed = time_shapes(shapes)
   teacher = loaded[_TEACHER.value][0]
-  t_key = registry.get_family("llama").shape_key(teacher["model"])
   rows = []
   for d in dirs:
     rec, pred, labels = loaded[d]
-    key = registry.get_family("llama").shape_key(rec["model"])
+    key = shape_key(rec["model"])
     own = _own_teacher(rec, loaded, teacher)  # a student's retention reads its own teacher
     r = row(rec, pred, labels, own, _control_of(rec, loaded), speed[key])
-    own_key = registry.get_family("llama").shape_key(own["model"])
     r["teacher"] = own["run_dir"]
-    r["speedup_vs_teacher"] = speed[key]["decode_tok_s"] / speed[own_key]["decode_tok_s"]
+    r["speedup_vs_teacher"] = (speed[key]["decode_tok_s"]
+                               / speed[shape_key(own["model"])]["decode_tok_s"])
     r["run_dir"] = d
     rows.append(r)
   write(rows, speed, pathlib.Path(_OUT.value))

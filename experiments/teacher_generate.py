@@ -41,16 +41,17 @@ class _ModelCfg:
 
 
 def load_teacher(teacher: str, dtype: str):
-  """(tokenizer, DecoderLM) of a run dir (best params) or a GGUF source."""
+  """(tokenizer, DecoderLM, run fingerprint or "") of a run dir (best params) or a GGUF source."""
   from research.checkpoints import gguf, gguf_tokenizer, store  # pylint: disable=g-import-not-at-top
   p = pathlib.Path(teacher)
   if not (p / "result.json").is_file():
-    return zero_shot.load_model(teacher, _ModelCfg(dtype))
-  source = json.loads((p / "result.json").read_text())["config"]["model"]["source"]
+    return (*zero_shot.load_model(teacher, _ModelCfg(dtype)), "")
+  record = json.loads((p / "result.json").read_text())
   params, cfg = store.load_run_params(p)
   lm = zero_shot.DecoderLM(cfg.replace(dtype=dtype), params,
                            prompt_buckets=_ModelCfg.prompt_buckets)
-  return gguf_tokenizer.load_tokenizer(gguf.resolve_gguf(source)), lm
+  tok = gguf_tokenizer.load_tokenizer(gguf.resolve_gguf(record["config"]["model"]["source"]))
+  return tok, lm, record.get("fingerprint", "")
 
 
 def main(argv):
@@ -58,7 +59,7 @@ def main(argv):
   if not _TEACHER.value or not _OUT.value:
     raise ValueError("give --teacher (a run dir or GGUF source) and --out (a .jsonl path).")
   task = zero_shot.load_task(_TASK.value)
-  tok, lm = load_teacher(_TEACHER.value, _DTYPE.value)
+  tok, lm, fp = load_teacher(_TEACHER.value, _DTYPE.value)
   examples = zero_shot.load_examples(task, _SPLIT.value, type("D", (), {
       "manual_dir": "", "data_dir": ""})())
   if _LIMIT.value > 0:
@@ -69,8 +70,6 @@ def main(argv):
   def progress(n):
     done[0] += n
     print(f"\r{done[0]}/{len(examples)} answered", end="", flush=True)
-  result = pathlib.Path(_TEACHER.value) / "result.json"
-  fp = json.loads(result.read_text()).get("fingerprint", "") if result.is_file() else ""
   meta = seq_kd.generate(lm, tok, task, examples, _OUT.value, teacher=_TEACHER.value,
                          max_new_tokens=_MAX_NEW.value, batch_size=_BATCH.value, progress=progress,
                          context_words=_CONTEXT.value, teacher_fingerprint=fp)

@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from research import metrics
+
 
 def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
   """Two-sided exact McNemar test: {"a_only", "b_only", "p_value"}."""
@@ -45,15 +47,9 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
 
 
 def macro_f1(pred: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> float:
-  """Mean F1 over the classes present in labels or predictions (research/metrics.py's rule)."""
+  """research/metrics.py's macro-F1 (mean over classes present in labels or predictions)."""
   c = int(num_classes or max(pred.max(), labels.max()) + 1)
-  f1 = []
-  for k in range(c):
-    tp = np.sum((pred == k) & (labels == k))
-    fp, fn = np.sum((pred == k) & (labels != k)), np.sum((pred != k) & (labels == k))
-    if tp + fp + fn:
-      f1.append(2 * tp / (2 * tp + fp + fn))
-  return float(np.mean(f1)) if f1 else 0.0
+  return metrics.classification_metrics(np.eye(c)[pred], labels)["macro_f1"]
 
 
 def verdict(ci_low: float, ci_high: float) -> str:

@@ -200,10 +200,11 @@ class CausalLMTask:
                                            process_count=jax.process_count()),
                     self.teacher_cache)
 
-  def eval_batches(self, split: str, batch_size: int):
+  def eval_batches(self, split: str, batch_size: int, all_rows: bool = False):
+    """Every row of `split` once; this process's slice of each batch (`all_rows`: every row)."""
+    index, count = (0, 1) if all_rows else (jax.process_index(), jax.process_count())
     for b in pipeline.eval_batches(self.splits[split], batch_size, self.buckets, labeled=False,
-                                   process_index=jax.process_index(),
-                                   process_count=jax.process_count()):
+                                   process_index=index, process_count=count):
       yield _rename(b)
 
   def batch_width(self, batch) -> int:
@@ -296,19 +297,24 @@ def _train_examples(train: list[dict], d: Any, seed: int, task_name: str
           else range(len(train)))
   if not d.get("answers", ""):
     return [train[i] for i in keep], len(keep), None
-  answers, keep = seq_kd.read_answers(d.answers), set(keep) if d.label_fraction < 1.0 else set()
-  missing = [str(e["id"]) for i, e in enumerate(train) if i not in keep and str(e["id"]) not in answers]
+  # With teacher answers every example stays; those without a kept gold answer (all of them at
+  # label_fraction 1) take the teacher's.
+  gold = set(keep) if d.label_fraction < 1.0 else set()
+  generated = [i for i in range(len(train)) if i not in gold]
+  answers = seq_kd.read_answers(d.answers)
+  missing = [str(train[i]["id"]) for i in generated if str(train[i]["id"]) not in answers]
   if missing:
     raise ValueError(f"data.answers {d.answers!r} has no answer for {len(missing)} train examples "
                      f"(e.g. {missing[:3]}); generate them for this dataset's train split.")
   meta = seq_kd.read_meta(d.answers)
   seq_kd.check_matches(meta, prompt_task=task_name, context_words=d.context_words, path=d.answers)
-  out = [e if i in keep else dict(e, answer_text=answers[str(e["id"])]["answer"])
-         for i, e in enumerate(train)]
-  used = [answers[str(e["id"])]["parsed"] for i, e in enumerate(train) if i not in keep]
-  return out, len(keep), {"path": d.answers, "sha256": seq_kd.file_sha256(d.answers),
-                          "n_generated": len(used),
-                          "used_parse_rate": sum(p is not None for p in used) / max(len(used), 1),
+  out = list(train)
+  for i in generated:
+    out[i] = dict(train[i], answer_text=answers[str(train[i]["id"])]["answer"])
+  parsed = [answers[str(train[i]["id"])]["parsed"] for i in generated]
+  return out, len(gold), {"path": d.answers, "sha256": seq_kd.file_sha256(d.answers),
+                          "n_generated": len(generated),
+                          "used_parse_rate": sum(p is not None for p in parsed) / max(len(parsed), 1),
                           **meta}
 
 

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import token_losses
-from research.data import pipeline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,13 +97,11 @@ def build(task: Any, teacher_apply: Any, params: Any, *, k: int, temperature: fl
     logits = teacher_apply(p, batch, deterministic=True)["logits"]
     return token_losses.teacher_topk(teacher_logits_BxAxV=logits, k=k, temperature=temperature)
 
-  rows = task.splits["train"]
-  n = len(rows)
+  n = len(task.splits["train"])
   ids = np.full((n, max_answer, k), -1, np.int32)
   logp = np.zeros((n, max_answer, k + 1), np.float32)
   filled, flops = np.zeros(n, bool), 0.0
-  for batch in pipeline.eval_batches(rows, batch_size, task.buckets, labeled=False):
-    batch = dict(batch, loss_mask=batch.pop("token_type_ids"))
+  for batch in task.eval_batches("train", batch_size, all_rows=True):
     i, lp = (np.asarray(x) for x in topk(params, batch))
     keep = np.asarray(batch["valid"]) > 0
     ids[batch["index"][keep]], logp[batch["index"][keep]] = i[keep], lp[keep]
@@ -137,10 +134,8 @@ def load_or_build(task: Any, teacher_dir: str, teacher_apply: Any, params: Any, 
   ids, logp, flops = build(task, teacher_apply, params, k=k, temperature=temperature,
                            batch_size=batch_size, forward_flops=forward_flops)
   mass = np.exp(logp[..., :-1]).sum(-1)
-  mask = np.zeros(ids.shape[:2], bool)
-  lengths = task.splits["train"].token_type_ids.sum(1)
-  for r, a in enumerate(lengths):
-    mask[r, :a] = True
+  answer_len = task.splits["train"].token_type_ids.sum(1)
+  mask = np.arange(ids.shape[1])[None, :] < answer_len[:, None]  # the real answer slots
   meta = {"key": key, "teacher_dir": str(teacher_dir), "build_flops": flops,
           "mean_topk_mass": float(mass[mask].mean()) if mask.any() else 0.0}
   if jax.process_index() == 0:  # every process built the same arrays; one writes them
