@@ -4,11 +4,18 @@ Commands:
   python -m experiments.compare                                   # quick: phrasebank, 1 seed
   python -m experiments.compare --config configs/bfsi.py          # the committed table
   python -m experiments.compare --config configs/bfsi.py:phrasebank
+  python -m experiments.compare --config configs/bfsi.py:phrasebank_allagree:lr=5e-5   # lr sweep cell
+  python -m research.sweep results/bfsi                                   # the sweep's choice
 """
+
+import ml_collections
 
 from configs import finetune_banking77
 from configs import finetune_phrasebank_allagree
 from configs import grid_common
+
+# experiments/teacher_label_logits.py's output for the full-SFT SmolLM2 teacher (README, bfsi).
+LLM_TEACHER_LOGITS = "runs/cross_family/phrasebank_allagree/smollm2_sft_full.npz"
 
 
 def get_config(arg: str = ""):
@@ -16,9 +23,23 @@ def get_config(arg: str = ""):
   phrasebank = grid_common.task("phrasebank_allagree", finetune_phrasebank_allagree.get_config())
   banking = grid_common.task("banking77", finetune_banking77.get_config())
   g.tasks = [phrasebank, banking]
-  g.methods = tuple(g.methods) + ("kd_soft_alpha0",)  # soft targets only, no ground-truth labels
+  # Cross-family KD: the 3-layer student from the *pretrained* encoder (its same-init control is
+  # control_pretrained_init), soft targets from SmolLM2-135M fine-tuned on PhraseBank (30 layers,
+  # 135M params; experiments/teacher_label_logits.py writes the file, from the decoder's top-k
+  # cache). The same soft-target loss, temperature and epochs as kd_soft.
+  m = g.methods_cfg
+  g.method_defs.kd_soft_smollm2_encoder = ml_collections.ConfigDict({
+      "run": {"model": {"layers": m.get_ref("student_layers")},
+              "distill": {"teacher_logits": LLM_TEACHER_LOGITS, "student_init": "fresh",
+                          "temperature": m.get_ref("temperature"),
+                          "losses": {"ce": 1 - m.get_ref("alpha"), "kd_kl": m.get_ref("alpha")}},
+              "train": {"epochs": m.get_ref("kd_epochs")}},
+      "teachers": (), "is_teacher": False, "tasks": ("phrasebank_allagree",)})
+  g.methods = tuple(g.methods) + ("kd_soft_smollm2_encoder",)
   g.data_efficiency.tasks = ("phrasebank_allagree",)
   g.data_efficiency.seeds = (0, 1, 2)
+  if grid_common.sweep_variant(g, phrasebank, arg) or grid_common.sweep_variant(g, banking, arg):
+    return g
   if arg in ("phrasebank", "quick"):
     g.tasks = [phrasebank]
   if arg == "quick":

@@ -118,6 +118,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.vocab_chunk = 8192    # token-level KD: vocabulary entries reduced at a time
   # causal_lm token KD: > 0 caches the teacher's top-k next-token log-probs (+ tail) at the answer
   # positions once (in the teacher's run dir), and students train against it; 0: teacher runs live.
+  # Precomputed teacher label logits (.npz: ids, logits N×C over the train split, meta), e.g. an
+  # SFT'd decoder's label scores (experiments/teacher_label_logits.py): a student of a teacher
+  # from another family; needs student_init="fresh" and logit losses only.
+  c.distill.teacher_logits = ""
   c.distill.cache_top_k = 0
   # causal_lm on-policy KD (GKD): this share of rows trains on the student's own sampled answers,
   # scored by the live teacher (needs cache_top_k = 0); 0 = off.

@@ -62,17 +62,23 @@ def method_defs(m: dict[str, FieldReference]) -> ml_collections.ConfigDict:
       "finetune_last_k": _method({"mask": {"rule": "last_k", "k": m["last_k"]}}),
       "bitfit": _method({"mask": {"rule": "bitfit"}, "optim": {"lr": m["bitfit_lr"]}}),
       "lora": _method({"mask": {"rule": "lora"}, "optim": {"lr": m["lora_lr"]}}),
-      # The control: the student's size, pretrained layers, ground truth only.
-      "small_labels_only": _method({"model": {"layers": m["student_layers"]}}),
+      # The control every KD row is read against: cut from the fine-tuned teacher like the KD
+      # students (same layers, same epochs), trained on ground truth only — the teacher's soft
+      # targets are the one difference.
+      "control_teacher_init": _method(_kd(m, {"ce": 1.0}), teacher),
+      # The student's size from the *pretrained* encoder (fresh head), ground truth only: what a
+      # small model gets without any teacher, initialisation included.
+      "control_pretrained_init": _method({"model": {"layers": m["student_layers"]}}),
       "kd_soft": _method(_kd(m, soft), teacher),
-      # Soft targets only (alpha = 1): the labeled inputs' labels are not used at all.
-      "kd_soft_alpha0": _method(_kd(m, {"ce": 0.0, "kd_kl": 1.0}), teacher),
+      # Soft targets only (alpha = 1): no ground-truth term (the init still saw the labels).
+      "kd_soft_only": _method(_kd(m, {"ce": 0.0, "kd_kl": 1.0}), teacher),
       "kd_soft_2layer": _method(_kd(m, soft, layers=m["student_layers_2"]), teacher),
       "kd_hidden_attn": _method(_kd(m, {"ce": 1 - alpha, "kd_kl": alpha,
                                         "hidden_mse": m["hidden_weight"],
                                         "attn_kl": m["attn_weight"]},
                                     layer_map=m["layer_map"]), teacher),
-      "kd_labels_only": _method(_kd(m, {"labels_only": 1.0}), teacher),
+      # The teacher's argmax labels as the only targets (hard-label KD).
+      "kd_teacher_labels": _method(_kd(m, {"labels_only": 1.0}), teacher),
       "kd_multi_teacher": _method(_kd(m, {"ce": 1 - alpha, "multi_kl": alpha},
                                       teacher_weights=(0.5, 0.5)),
                                   ("finetune_full", "finetune_last_k")),
@@ -86,9 +92,9 @@ def grid_config(domain: str) -> ml_collections.ConfigDict:
   g.runs_dir = f"runs/compare/{domain}"      # checkpoints (not committed)
   g.seeds = (0, 1, 2)
   # Run order (a grid cut short still has the central comparison); the table orders rows itself.
-  g.methods = ("finetune_full", "head_only", "finetune_last_k", "small_labels_only", "kd_soft",
-               "kd_soft_2layer", "kd_labels_only", "kd_hidden_attn", "kd_multi_teacher", "bitfit",
-               "lora")
+  g.methods = ("finetune_full", "control_teacher_init", "kd_soft", "control_pretrained_init",
+               "kd_soft_only", "head_only", "finetune_last_k", "kd_soft_2layer",
+               "kd_teacher_labels", "kd_hidden_attn", "kd_multi_teacher", "bitfit", "lora")
   g.tasks = []
   # The run config every cell starts from (configs/common.py), then the task's, then the method's.
   g.run = common.base_config()
@@ -103,7 +109,8 @@ def grid_config(domain: str) -> ml_collections.ConfigDict:
   de.seeds = (0,)
   # Series name -> the method its runs use (the student's teacher is the series' teacher).
   de.series = ml_collections.ConfigDict(
-      {"teacher": "finetune_full", "control": "small_labels_only", "student": "kd_soft"})
+      {"teacher": "finetune_full", "control": "control_teacher_init", "student": "kd_soft",
+       "control_pretrained": "control_pretrained_init"})
 
   # One benchmark pass per table after the grid (research/latency.py): every shape compiled, then
   # `rounds` interleaved rounds sharing iters / throughput_iters; p50 = median of round medians.
@@ -140,3 +147,26 @@ def short_recipe(g, task, *, lr: float = 2e-4):
   task.run.optim.lr = lr
   g.methods_cfg.kd_epochs = 1.0
   g.methods_cfg.head_only_epochs = 2.0
+
+
+# The methods a learning-rate sweep trains (one per family: fine-tune, same-init control, student;
+# research/sweep.py reads them) and the rates it tries beside the task's own.
+SWEEP_METHODS = ("finetune_full", "control_teacher_init", "kd_soft")
+SWEEP_LRS = (5e-5, 1e-4, 2e-4)
+
+
+def sweep_variant(g, task, arg: str) -> bool:
+  """`<grid>:<task>:lr=<x>`: the grid's sweep cell at one learning rate — seed 0, SWEEP_METHODS,
+  results under results/<domain>/sweep/<task>_lr<x>/ (judged on validation by research/sweep.py).
+  Returns whether `arg` asked for one."""
+  if not arg.startswith(f"{task.name}:lr="):
+    return False
+  lr = float(arg.split("=", 1)[1])
+  task.run.optim.lr = lr
+  g.tasks = [task]
+  g.seeds = (0,)
+  g.methods = SWEEP_METHODS
+  g.data_efficiency.enabled = False
+  g.results_dir = f"results/{g.domain}/sweep/{task.name}_lr{lr:g}"
+  g.runs_dir = f"runs/sweep/{g.domain}/{task.name}_lr{lr:g}"
+  return True

@@ -36,7 +36,6 @@ def get_config(arg: str = ""):
   g.results_dir = "runs/own_data/" + g.get_ref("task_name") + "/results"
   g.runs_dir = "runs/own_data/" + g.get_ref("task_name") + "/runs"
   g.seeds = (0,)
-  g.methods = tuple(g.methods) + ("kd_soft_alpha0",)
   g.data_efficiency.enabled = False
 
   base = common.base_config()

@@ -20,7 +20,8 @@ def get_config(arg: str = ""):
   g.results_dir = "runs/smoke_grid/results"
   g.runs_dir = "runs/smoke_grid/runs"
   g.seeds = (0,)
-  g.methods = ("finetune_full", "head_only", "small_labels_only", "kd_soft")
+  g.methods = ("finetune_full", "head_only", "control_pretrained_init", "control_teacher_init",
+               "kd_soft")
   # configs/smoke.py's model and data, with a 4-layer "teacher" so 2-layer students can be cut.
   r = g.run
   r.model.source = ""
@@ -34,7 +35,7 @@ def get_config(arg: str = ""):
   base.train.checkpoint_every = 6
   g.tasks = [grid_common.task("synthetic", base)]
   m = g.methods_cfg
-  m.student_layers = (0, 2)      # 2 of the 4 layers (small_labels_only and kd_* students)
+  m.student_layers = (0, 2)      # 2 of the 4 layers (the controls and kd_* students)
   m.student_layers_2 = (0, 3)
   m.layer_map = (1, 3)
   g.data_efficiency.enabled = False

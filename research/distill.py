@@ -278,12 +278,15 @@ PROJ_KEY = losses_lib.PROJ_KEY  # params[PROJ_KEY]: learned student->teacher wid
 
 
 def is_distillation(config) -> bool:
-  """True when a run config names one or more teachers."""
-  return bool(config.distill.teacher or tuple(config.distill.teachers))
+  """True when a run config names one or more teachers (run dirs, or precomputed label logits)."""
+  return bool(config.distill.teacher or tuple(config.distill.teachers)
+              or config.distill.get("teacher_logits"))
 
 
 def teacher_dirs(config) -> tuple[str, ...]:
-  return tuple(config.distill.teachers) or (config.distill.teacher,)
+  """The teacher run dirs whose models the run loads (none for distill.teacher_logits alone)."""
+  d = config.distill
+  return tuple(d.teachers) or ((d.teacher,) if d.teacher else ())
 
 
 @dataclasses.dataclass
@@ -312,6 +315,10 @@ class DistillSetup:
   def uses_labels(self) -> bool:
     """Whether ground-truth labels enter the loss (each loss declares it: losses.reads_labels)."""
     return losses_lib.reads_labels(self.weights)
+
+  def reads_teacher(self) -> bool:
+    """Whether any loss term reads a teacher (the same-init control reads none: kind finetune)."""
+    return self.cached or "teacher" in losses_lib.required_outputs(self.weights)
 
   def distillation(self, config) -> Distillation:
     """The task's view of this setup: teacher calls and loss settings."""
@@ -376,6 +383,8 @@ def build_setup(config, *, num_labels: int, rng) -> DistillSetup:
   (DistilBERT-style); "fresh" builds `config.model` (its overrides, random_init, layers).
   """
   d = config.distill
+  if d.get("teacher_logits"):
+    return _logits_setup(config, num_labels=num_labels, rng=rng)
   loaded = _load_teachers(config, num_labels)
   family = registry.get_family(config.model.family)
   t_cfgs = tuple(_replace(c, dtype=config.model.dtype) for _, c in loaded)
@@ -397,6 +406,30 @@ def build_setup(config, *, num_labels: int, rng) -> DistillSetup:
       teacher_models=tuple(family.classifier(c) for c in t_cfgs), teacher_cfgs=t_cfgs,
       aux=tuple(jax.tree.map(np.asarray, p) for p, _ in loaded), weights=weights,
       family=config.model.family)
+
+
+def _logits_setup(config, *, num_labels: int, rng) -> DistillSetup:
+  """A student of precomputed teacher label logits (`distill.teacher_logits`, e.g. an SFT'd
+  decoder's label scores from experiments/teacher_label_logits.py): no teacher model in the run;
+  the task attaches the logits to the batches (ClassificationTask.attach_teacher)."""
+  d = config.distill
+  if d.teacher or tuple(d.teachers):
+    raise ValueError("set distill.teacher_logits or distill.teacher(s), not both.")
+  if d.student_init != "fresh":
+    raise ValueError("distill.teacher_logits brings no teacher weights to cut layers from; set "
+                     "distill.student_init=fresh (config.model, its layers, is the student).")
+  params, s_cfg = _student(config, [], num_labels=num_labels, rng=rng)
+  dropout = {f: config.model.dropout for f in ("hidden_dropout", "attention_dropout")
+             if hasattr(s_cfg, f)}
+  s_cfg = _replace(s_cfg, dtype=config.model.dtype, **dropout)
+  weights = losses_lib.check_loss_weights(d.losses.to_dict())
+  if losses_lib.required_outputs(weights) & {"hidden_states", "attentions"}:
+    raise ValueError(f"distill.teacher_logits serve logit losses only; drop the hidden-state and "
+                     f"attention terms from distill.losses {sorted(weights)}.")
+  family = registry.get_family(config.model.family)
+  return DistillSetup(model=family.classifier(s_cfg), params=params, model_cfg=s_cfg,
+                      teacher_models=(), teacher_cfgs=(), aux=(), weights=weights,
+                      family=config.model.family, cached=True)
 
 
 # ----------------------------------------------------------------------------- teacher, then student

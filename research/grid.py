@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 import ml_collections
 from tqdm.auto import tqdm
 
+from research import losses as losses_lib
+from research import names
 from research import train
 from research.checkpoints import store as store_lib
 from research.train import record as record_lib
@@ -78,15 +80,18 @@ def _cell(grid, task, method: str, seed: int, runs_dir: pathlib.Path, fraction: 
   c.tags.is_teacher = bool(spec.is_teacher) and not series
   c.data.label_fraction = fraction
   distils = bool(spec.teachers)
-  # Teacher and control see only the labeled fraction: same step budget as with all labels.
-  c.train.steps_from_full_data = bool(series) and fraction < 1.0 and not distils
   _apply(c, spec.run)
+  # A teacher-cut control needs its teacher for the init only: no loss reads the teacher outputs.
+  reads_teacher = distils and "teacher" in losses_lib.required_outputs(c.distill.losses.to_dict())
+  # Teacher and controls see only the labeled fraction, for the step budget of all labels (the
+  # students' budget: they read every input).
+  c.train.steps_from_full_data = bool(series) and fraction < 1.0 and not reads_teacher
   teachers: tuple[str, ...] = ()
   if distils:
     if series:  # the series' own teacher, fine-tuned on the same fraction
       teachers = tuple(f"{task.name}/{_series_of(grid, t)}{suffix}/seed{seed}"
                        for t in spec.teachers)
-      c.data.keep_unlabeled = True
+      c.data.keep_unlabeled = reads_teacher
     else:
       teachers = tuple(f"{task.name}/{t}/seed{seed}" for t in spec.teachers)
     dirs = tuple(str(runs_dir / t) for t in teachers)
@@ -113,8 +118,9 @@ def cells(grid: ml_collections.ConfigDict) -> list[Cell]:
   out: list[Cell] = []
   de = grid.data_efficiency
   for task in grid.tasks:
+    methods = [m for m in grid.methods if applies(grid, m, task.name)]
     for seed in grid.seeds:
-      for method in grid.methods:
+      for method in methods:
         out.append(_cell(grid, task, method, seed, runs_dir))
     if de.enabled and task.name in de.tasks:
       # At 100% of labels the main cells (same configs) are the series' points: not run twice.
@@ -126,6 +132,12 @@ def cells(grid: ml_collections.ConfigDict) -> list[Cell]:
           for series, method in de.series.items():
             out.append(_cell(grid, task, method, seed, runs_dir, frac, series))
   return _teachers_first(out)
+
+
+def applies(grid, method: str, task: str) -> bool:
+  """A method def with `tasks` runs on those tasks only (e.g. a teacher file built for one task)."""
+  only = tuple(method_def(grid, method).get("tasks", ()))
+  return not only or task in only
 
 
 def _teachers_first(out: list[Cell]) -> list[Cell]:
@@ -257,6 +269,7 @@ def run_grid(grid: ml_collections.ConfigDict,
   runs_dir = pathlib.Path(grid.runs_dir)
   all_cells = _select(cells(grid), only)
   (results_dir / "cells").mkdir(parents=True, exist_ok=True)
+  adopt_renamed(results_dir, all_cells)
   stale = stale_cells(grid, all_cells)
   if stale and not rerun_stale:
     first, diff = next(iter(stale.items()))
@@ -293,6 +306,30 @@ def run_grid(grid: ml_collections.ConfigDict,
     if path.exists() and (record := read_record(path)) is not None:
       out.append(record)
   return out
+
+
+def adopt_renamed(results_dir: pathlib.Path, all_cells: Sequence[Cell]) -> None:
+  """A cell without a record takes the record of its old method name (research/names.py) when
+  that record's settings are the cell's: renamed (file, method, tags) with `renamed_from`."""
+  old_of = {new: old for old, new in names.LEGACY_METHODS.items()}
+  for c in all_cells:
+    path = result_path(results_dir, c)
+    if path.exists() or c.method not in old_of:
+      continue
+    old = old_of[c.method]
+    old_name = c.name.replace(f"/{c.method}/", f"/{old}/", 1)
+    old_path = cell_file(results_dir, old_name)
+    if not old_path.exists() or (record := read_record(old_path)) is None or cell_diff(record, c):
+      continue
+    record.update(method=c.method, cell=c.name, renamed_from=old)
+    record.setdefault("config", {}).setdefault("tags", {})["method"] = c.method
+    record_lib.write_json(path, record, default=_json_default)
+    old_path.unlink()
+    curve = cell_file(results_dir, old_name, "curves", ".jsonl")
+    if curve.exists():
+      curve.rename(cell_file(results_dir, c.name, "curves", ".jsonl"))
+    print(f"cell {c.name}: the record of {old_name} (same settings, old method name) is its "
+          f"record now", flush=True)
 
 
 def prune(grid: ml_collections.ConfigDict, cell: Cell) -> None:

@@ -29,21 +29,30 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from research import names
+from research import significance
+
 # Data-efficiency series names (record field "series"): the teacher fine-tuned on a fraction of the
 # labels, a small control (student-sized) fine-tuned on the same fraction, and a student distilled
 # from that teacher over all training inputs.
 SERIES_TEACHER = "teacher"
-SERIES_CONTROL = "control"
+SERIES_CONTROL = "control"      # the same-init control: cut from the series' teacher, labels only
+SERIES_CONTROL_PRETRAINED = "control_pretrained"
 SERIES_STUDENT = "student"
 # With all labels each series is the main run of the same config (the grid runs it once).
-MAIN_RUN_SERIES = {"finetune_full": SERIES_TEACHER, "small_labels_only": SERIES_CONTROL,
-                   "kd_soft": SERIES_STUDENT}
+MAIN_RUN_SERIES = {"finetune_full": SERIES_TEACHER, "control_teacher_init": SERIES_CONTROL,
+                   "kd_soft": SERIES_STUDENT, "control_pretrained_init": SERIES_CONTROL_PRETRAINED}
+LEGACY_METHODS = names.LEGACY_METHODS  # old method names, read as today's
+SAME_INIT_CONTROL = significance.SAME_INIT_CONTROL  # what every KD row is read against
 
 REQUIRED_COLUMNS = (
     "domain", "task", "method", "is_teacher", "n_seeds", "params_total", "params_trainable",
-    "checkpoint_mb", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
-    "retention_vs_teacher", "cpu_latency_ms_p50", "cpu_throughput_eps", "speedup_vs_teacher",
-    "train_flops", "train_seconds", "labeled_examples", "unlabeled_examples")
+    "checkpoint_mb", "primary_metric", "primary_metric_mean", "primary_metric_std",
+    "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std", "retention_vs_teacher",
+    "cpu_latency_ms_p50", "cpu_throughput_eps", "speedup_vs_teacher",
+    "train_flops", "train_seconds", "labeled_examples", "validation_labels", "unlabeled_examples",
+    "init", "vs_control", "paired_diff_mean", "paired_diff_std", "paired_diff_ci_low",
+    "paired_diff_ci_high", "paired_p_value", "paired_verdict", "paired_n_seeds")
 EXTRA_COLUMNS = ("kind", "seeds", "cpu_device", "cpu_latency_ms_p90", "cpu_throughput_batch",
                  "train_flops_source", "teacher_flops", "model_layers", "model_width",
                  "cpu_latency_ms_spread", "cpu_latency_rounds")
@@ -107,7 +116,7 @@ def load_records(results: str | os.PathLike[str] | Sequence[dict[str, Any]]) -> 
       if not rec.get(key):
         raise ValueError(f"load_records: record in {src} has no {key!r}; every result record needs "
                          "domain, task and method (docs/ARCHITECTURE.md).")
-    primary = rec.get("primary_metric") or "accuracy"  # records before tasks named it: accuracy
+    primary = significance.primary_metric(rec)
     if _num(_get(rec, f"metrics.test.{primary}")) is None:
       raise ValueError(f"load_records: record in {src} ({rec['method']}) has no "
                        f"metrics.test.{primary} (its primary metric); write the test metrics into "
@@ -122,6 +131,10 @@ def _with_tags(rec: dict[str, Any]) -> dict[str, Any]:
   for key in ("domain", "task", "method", "series", "is_teacher"):
     if rec.get(key) in (None, "") and _get(rec, f"config.tags.{key}") not in (None, ""):
       rec[key] = _get(rec, f"config.tags.{key}")
+  if rec.get("method") in LEGACY_METHODS:
+    if rec.get("series") == SERIES_CONTROL:  # the old series "control" was the pretrained init
+      rec["series"] = SERIES_CONTROL_PRETRAINED
+    rec["method"] = LEGACY_METHODS[rec["method"]]
   if rec.get("seed") is None and _get(rec, "config.seed") is not None:
     rec["seed"] = _get(rec, "config.seed")
   return rec
@@ -260,13 +273,16 @@ def aggregate(records: Sequence[dict[str, Any]],
     if _label_fraction(r) >= 1.0 and not r.get("series"):
       groups[(r["domain"], r["task"], r["method"])].append(r)
   accel = sorted({b for rs in groups.values() for r in rs for b in latencies(r) if b != "cpu"})
+  paired = significance.paired_rows([r for rs in groups.values() for r in rs])
   rows = []
   for (domain, task, method), rs in groups.items():
     sizes = {_num(r.get("params_total")) for r in rs} - {None}
     if len(sizes) > 1:
       raise ValueError(f"aggregate: method {method!r} in {domain}/{task} has runs with different "
                        f"params_total {sorted(sizes)}; give each model its own method name.")
+    primary = significance.primary_metric(rs[0])
     acc, acc_std, n = mean_std(_get(r, "metrics.test.accuracy") for r in rs)
+    prim, prim_std, _ = mean_std(_get(r, f"metrics.test.{primary}") for r in rs)
     f1, f1_std, _ = mean_std(_get(r, "metrics.test.macro_f1") for r in rs)
     cpu = [latencies(r).get("cpu", {}) for r in rs]
     row: dict[str, Any] = {
@@ -276,6 +292,7 @@ def aggregate(records: Sequence[dict[str, Any]],
         "params_total": _mean(r.get("params_total") for r in rs),
         "params_trainable": _mean(r.get("params_trainable") for r in rs),
         "checkpoint_mb": _mean(r.get("checkpoint_bytes") for r in rs) / 1e6,
+        "primary_metric": primary, "primary_metric_mean": prim, "primary_metric_std": prim_std,
         "accuracy_mean": acc, "accuracy_std": acc_std, "macro_f1_mean": f1, "macro_f1_std": f1_std,
         "retention_vs_teacher": NAN,
         "cpu_latency_ms_p50": _mean(c.get("batch1_p50_ms") for c in cpu),
@@ -293,7 +310,10 @@ def aggregate(records: Sequence[dict[str, Any]],
         "teacher_flops": _mean(r.get("teacher_flops") for r in rs),
         "train_seconds": _mean(r.get("train_seconds") for r in rs),
         "labeled_examples": _mean(r.get("labeled_examples") for r in rs),
+        "validation_labels": _mean(r.get("validation_labels") for r in rs),
         "unlabeled_examples": _mean(r.get("unlabeled_examples") for r in rs),
+        "init": _init(rs[0]),
+        **_paired_fields(paired.get((domain, task, method, 1.0))),
     }
     for b in accel:
       lat = [latencies(r).get(b, {}) for r in rs]
@@ -306,10 +326,31 @@ def aggregate(records: Sequence[dict[str, Any]],
     teacher = teacher_row(rows, row["domain"], row["task"])
     if teacher is None:
       continue
-    row["retention_vs_teacher"] = _ratio(row["accuracy_mean"], teacher["accuracy_mean"])
+    row["retention_vs_teacher"] = _ratio(row["primary_metric_mean"], teacher["primary_metric_mean"])
     row["speedup_vs_teacher"] = _ratio(teacher["cpu_latency_ms_p50"], row["cpu_latency_ms_p50"])
   rows.sort(key=lambda r: (r["domain"], r["task"], not r["is_teacher"], r["method"]))
   return rows
+
+
+def _init(rec: dict[str, Any]) -> str:
+  """Where a row's weights started (records before issue 15: from kind and student_init)."""
+  if rec.get("init"):
+    return str(rec["init"])
+  if _get(rec, "config.distill.teacher") or _get(rec, "config.distill.teachers"):
+    return "teacher_layers" if _get(rec, "config.distill.student_init") == "layers" else "fresh"
+  return "random" if _get(rec, "config.model.random_init") else "pretrained"
+
+
+def _paired_fields(stats: dict[str, Any] | None) -> dict[str, Any]:
+  """The paired columns of a row (research/significance.py); NaN / "" without a paired test."""
+  if not stats:
+    return {"vs_control": "", "paired_diff_mean": NAN, "paired_diff_std": NAN,
+            "paired_diff_ci_low": NAN, "paired_diff_ci_high": NAN, "paired_p_value": NAN,
+            "paired_verdict": "", "paired_n_seeds": 0}
+  return {"vs_control": stats["vs"], "paired_diff_mean": stats["diff_mean"],
+          "paired_diff_std": stats["diff_std"], "paired_diff_ci_low": stats["ci_low"],
+          "paired_diff_ci_high": stats["ci_high"], "paired_p_value": stats["p_value"],
+          "paired_verdict": stats["verdict"], "paired_n_seeds": stats["n_seeds"]}
 
 
 def _width(rec: dict[str, Any]) -> str:
@@ -370,7 +411,7 @@ def _latency_note(rs: Sequence[dict[str, Any]]) -> str:
 def teacher_row(rows: Sequence[dict[str, Any]], domain: str, task: str) -> dict[str, Any] | None:
   """The reference teacher of a task: its `is_teacher` row (the most accurate one if several)."""
   teachers = [r for r in rows if r["domain"] == domain and r["task"] == task and r["is_teacher"]]
-  return max(teachers, key=lambda r: r["accuracy_mean"]) if teachers else None
+  return max(teachers, key=lambda r: r["primary_metric_mean"]) if teachers else None
 
 
 def columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -387,8 +428,9 @@ def data_efficiency(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """Test accuracy per (domain, task, series, method, label_fraction) over seeds.
 
   Returns:
-    rows with domain, task, series, method, label_fraction, n, accuracy_mean, accuracy_std, and
-    `by_seed` ({seed: accuracy}), from records that carry a `series`; for tasks with a series, the
+    rows with domain, task, series, method, label_fraction, n, metric (the task's primary one),
+    metric_mean, metric_std, labels_with_validation (train + validation labels read) and
+    `by_seed` ({seed: metric}), from records that carry a `series`; for tasks with a series, the
     main full-label runs of MAIN_RUN_SERIES methods are its 100% points unless the series has its own.
   """
   groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
@@ -405,10 +447,14 @@ def data_efficiency(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
       groups[(*key, series, r["method"], 1.0)].append(r)
   out = []
   for (domain, task, series, method, frac), rs in sorted(groups.items(), key=lambda kv: kv[0]):
-    m, s, n = mean_std(_get(r, "metrics.test.accuracy") for r in rs)
+    metric = significance.primary_metric(rs[0])
+    m, s, n = mean_std(_get(r, f"metrics.test.{metric}") for r in rs)
+    labels = _mean((_num(r.get("labeled_examples")) or 0) + (_num(r.get("validation_labels")) or 0)
+                   for r in rs)
     out.append({"domain": domain, "task": task, "series": series, "method": method,
-                "label_fraction": frac, "n": n, "accuracy_mean": m, "accuracy_std": s,
-                "by_seed": {r.get("seed"): float(_get(r, "metrics.test.accuracy")) for r in rs}})
+                "label_fraction": frac, "n": n, "metric": metric, "metric_mean": m,
+                "metric_std": s, "labels_with_validation": labels,
+                "by_seed": {r.get("seed"): float(_get(r, f"metrics.test.{metric}")) for r in rs}})
   return out
 
 
@@ -434,10 +480,11 @@ def kd_vs_control(records: Sequence[dict[str, Any]], *, student: str = SERIES_ST
       if common:
         m, sd, n = mean_std(s["by_seed"][k] - c["by_seed"][k] for k in common)
       else:
-        m = s["accuracy_mean"] - c["accuracy_mean"]
-        sd, n = math.hypot(s["accuracy_std"], c["accuracy_std"]), min(s["n"], c["n"])
+        m = s["metric_mean"] - c["metric_mean"]
+        sd, n = math.hypot(s["metric_std"], c["metric_std"]), min(s["n"], c["n"])
       out.append({"domain": s["domain"], "task": s["task"], "label_fraction": s["label_fraction"],
-                  "student_method": s["method"], "control_method": c["method"], "diff_mean": m,
+                  "student_method": s["method"], "control_method": c["method"],
+                  "metric": s["metric"], "diff_mean": m,
                   "diff_std": sd, "n": n, "paired": bool(common)})
   return out
 
@@ -540,9 +587,19 @@ def _md_cell(s: Any) -> str:
 
 LEGEND = """\
 - **Accuracy, Macro-F1**: test split, mean ± sample standard deviation over seeds (ddof=1); a
-  single seed is shown as "(n=1)". **n**: number of seeds.
-- **Teacher**: the row marked † is the task's reference teacher; **Retention** = accuracy /
-  teacher accuracy; **Speed-up** = teacher CPU batch-1 median latency / this row's.
+  single seed is shown as "(n=1)". ★ marks the task's primary metric: checkpoints are chosen on
+  it (validation), and retention, "best" and the paired tests read it. **n**: number of seeds.
+- **Teacher**: the row marked † is the task's reference teacher; **Retention** = primary metric /
+  the teacher's; **Speed-up** = teacher CPU batch-1 median latency / this row's.
+- **Init**: where the trained weights started. "teacher layers": cut from the fine-tuned teacher,
+  whose weights already saw the training labels (so a KD row with 0 labels still inherited them).
+- **vs reference (paired)**: a KD row against `control_teacher_init` (same size, same teacher-cut
+  init, same epochs, ground truth only: the soft targets are the one difference); last-k, head-only,
+  BitFit and LoRA against `finetune_full`. Per seed the same test examples are paired; shown: mean
+  ± std over seeds of the difference in the primary metric (points), and the verdict: "beats" /
+  "below" when the 95% paired-bootstrap interval of the seed-mean difference excludes 0 and every
+  seed agrees in sign, else "level"; p: approximate randomisation test (research/significance.py;
+  table.csv has the interval).
 - **Params**: total (trainable in parentheses). **Ckpt MB**: saved checkpoint size on disk
   (10⁶ bytes).
 - **CPU p50 ms**: median latency of one jitted forward at batch 1, after warm-up, synchronised;
@@ -553,8 +610,10 @@ LEGEND = """\
   the table, possibly on another machine than training (`experiments/bench_latency.py`).
 - **Train FLOPs**: FLOPs of the training run as recorded (XLA cost analysis unless marked
   "analytic"); for distillation they include the teacher's forward passes, which table.csv
-  also gives alone (`teacher_flops`). **Train time**: wall-clock training time.
-- **Labeled / unlabeled**: training examples used with and without labels.
+  also gives alone (`teacher_flops`). **Train time**: wall-clock training time on a shared
+  machine; compare rows by FLOPs, not minutes.
+- **Labeled + val / unlabeled**: training examples used with labels, plus the validation labels
+  read to choose the checkpoint, and training examples used without labels.
 - **Kind baseline** (when present): the majority class of train, and TF-IDF + logistic regression
   (its L2 picked on validation); no latency is timed for them.
 - The table uses the main full-label runs; the data-efficiency runs (teacher / control /
@@ -592,28 +651,47 @@ def _onnx_note(rs: Sequence[dict[str, Any]], onnx: dict[str, Any] | None) -> str
           + f" ({ONNX_FILE}, `python -m experiments.export_onnx`).")
 
 
+INIT_NAMES = {"teacher_layers": "teacher layers", "pretrained": "pretrained", "random": "random"}
+
+
+def _fmt_labels(r: dict[str, Any]) -> str:
+  val = f" + {fmt_count(r['validation_labels'])}" if _ok(r.get("validation_labels")) else ""
+  return f"{fmt_count(r['labeled_examples'])}{val} / {fmt_count(r['unlabeled_examples'])}"
+
+
+def _fmt_paired(r: dict[str, Any]) -> str:
+  """"+1.2 ± 0.4 vs control_teacher_init: beats (p 0.003)" or "–"."""
+  if not r.get("vs_control"):
+    return "–"
+  sd = f" ± {100 * r['paired_diff_std']:.1f}" if r["paired_n_seeds"] > 1 else ""
+  return (f"{100 * r['paired_diff_mean']:+.1f}{sd} pts vs {r['vs_control']}: "
+          f"**{r['paired_verdict']}** (p {r['paired_p_value']:.2g})")
+
+
 def table_markdown(rows: Sequence[dict[str, Any]], summary_text: str = "",
                    onnx: dict[str, Any] | None = None) -> str:
   """The readable table: one section per (domain, task), mean ± std, a legend. A section with a
   row that has onnx_f32_p50_ms gets the ONNX Runtime columns and a note from `onnx` (onnx.json)."""
   accel = _accel_backends(rows)
-  first = ["Method", "Kind", "Params (trainable)", "Ckpt MB", "Accuracy", "Macro-F1", "Retention",
-           "CPU p50 ms", "CPU ex/s", "Speed-up"]
+  first = ["Method", "Kind", "Init", "Params (trainable)", "Ckpt MB", "Accuracy", "Macro-F1",
+           "Retention", "CPU p50 ms", "CPU ex/s", "Speed-up"]
   first += [h for b in accel for h in (f"{b.upper()} p50 ms", f"{b.upper()} ex/s")]
-  last = ["Train FLOPs", "Train time", "Labeled / unlabeled", "n"]
+  last = ["Train FLOPs", "Train time", "Labeled + val / unlabeled", "vs reference (paired)", "n"]
   lines = ["# Fine-tune or distill? Comparison table", ""]
   if summary_text:
     lines += [summary_text.strip(), ""]
   for domain, task in _tasks(rows):
     rs = [r for r in rows if (r["domain"], r["task"]) == (domain, task)]
     ort = ONNX_COLUMNS if _has_onnx(rs) else ()
-    head = first + [h for h, _, _ in ort] + last
+    primary = {"accuracy": "Accuracy", "macro_f1": "Macro-F1"}.get(rs[0]["primary_metric"])
+    head = [f"{h} ★" if h == primary else h for h in first] + [h for h, _, _ in ort] + last
     lines += [f"## {domain} / {task}", "", "| " + " | ".join(head) + " |",
-              "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+              "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
     for r in rs:
       src = (" (analytic)" if ANALYTIC_SOURCE in r.get("train_flops_source", "")
              and _ok(r["train_flops"]) else "")
       cells = [f"**{r['method']}** †" if r["is_teacher"] else r["method"], r["kind"],
+               INIT_NAMES.get(r["init"], r["init"]),
                f"{fmt_count(r['params_total'])} ({fmt_count(r['params_trainable'])})",
                fmt_num(r["checkpoint_mb"]),
                fmt_pm(r["accuracy_mean"], r["accuracy_std"], r["n_seeds"]),
@@ -625,8 +703,7 @@ def table_markdown(rows: Sequence[dict[str, Any]], summary_text: str = "",
       cells += [(f"{float(r[k]):.3f}" if how == "acc" and _ok(r.get(k)) else fmt_num(r.get(k)))
                 for _, k, how in ort]
       cells += [fmt_flops(r["train_flops"]) + src, fmt_seconds(r["train_seconds"]),
-                f"{fmt_count(r['labeled_examples'])} / {fmt_count(r['unlabeled_examples'])}",
-                str(r["n_seeds"])]
+                _fmt_labels(r), _fmt_paired(r), str(r["n_seeds"])]
       lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
     devices = sorted({r["cpu_device"] for r in rs if r["cpu_device"]})
     lines += ["", f"CPU: {', '.join(devices) or 'not measured'}."]
@@ -683,10 +760,10 @@ def table_latex(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _best(rows: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-  rows = [r for r in rows if _ok(r["accuracy_mean"])]
+  rows = [r for r in rows if _ok(r["primary_metric_mean"])]
   if not rows:
     return None
-  return max(rows, key=lambda r: (r["accuracy_mean"], -(_num(r["params_total"]) or 0)))
+  return max(rows, key=lambda r: (r["primary_metric_mean"], -(_num(r["params_total"]) or 0)))
 
 
 RETENTION_BAR = 0.97  # "keeps the teacher's quality": the summary names the fastest student above it
@@ -739,10 +816,16 @@ def _latency_phrase(r: dict[str, Any], accel: Sequence[str]) -> str:
 
 
 def _q_quality(r: dict[str, Any]) -> str:
-  s = f"{r['method']} {fmt_pm(r['accuracy_mean'], r['accuracy_std'], r['n_seeds'])} acc"
+  s = (f"{r['method']} {fmt_pm(r['primary_metric_mean'], r['primary_metric_std'], r['n_seeds'])} "
+       f"{_metric_name(r)}")
   if not r["is_teacher"] and _ok(r["retention_vs_teacher"]):
     s += f" ({_fmt_pct(r['retention_vs_teacher'])} of teacher)"
   return s
+
+
+def _metric_name(r: dict[str, Any]) -> str:
+  return {"accuracy": "accuracy", "macro_f1": "macro-F1"}.get(r["primary_metric"],
+                                                             r["primary_metric"])
 
 
 def _q_params(r: dict[str, Any]) -> str:
@@ -831,12 +914,30 @@ def _baseline_lines(rs: Sequence[dict[str, Any]], teacher: dict[str, Any] | None
   base = _best(r for r in rs if r["kind"] == BASELINE)
   if not base or not teacher:
     return []
-  gap = 100 * (teacher["accuracy_mean"] - base["accuracy_mean"])
-  f1 = (f", macro-F1 {fmt_num(base['macro_f1_mean'])} vs {fmt_num(teacher['macro_f1_mean'])}"
-        if _ok(base["macro_f1_mean"]) and _ok(teacher["macro_f1_mean"]) else "")
+  gap = 100 * (teacher["primary_metric_mean"] - base["primary_metric_mean"])
+  other = "macro_f1" if teacher["primary_metric"] == "accuracy" else "accuracy"
+  also = (f", {other.replace('_f1', '-F1')} {fmt_num(base[other + '_mean'])} vs "
+          f"{fmt_num(teacher[other + '_mean'])}"
+          if _ok(base[other + "_mean"]) and _ok(teacher[other + "_mean"]) else "")
   return [f"- **{domain}/{task}**: the best baseline ({base['method']}) scores "
-          f"{fmt_num(base['accuracy_mean'])} accuracy vs the teacher's "
-          f"{fmt_num(teacher['accuracy_mean'])} ({gap:+.1f} points for the transformer{f1})."]
+          f"{fmt_num(base['primary_metric_mean'])} {_metric_name(teacher)} vs the teacher's "
+          f"{fmt_num(teacher['primary_metric_mean'])} ({gap:+.1f} points for the "
+          f"transformer{also})."]
+
+
+def _paired_lines(rs: Sequence[dict[str, Any]], domain: str, task: str) -> list[str]:
+  """One line per row with a paired test against its reference row (research/significance.py)."""
+  out = []
+  for r in rs:
+    if not r.get("vs_control"):
+      continue
+    ci = (f"[{100 * r['paired_diff_ci_low']:+.1f}, {100 * r['paired_diff_ci_high']:+.1f}]")
+    sd = f" ± {100 * r['paired_diff_std']:.1f}" if r["paired_n_seeds"] > 1 else ""
+    out.append(f"- **{domain}/{task}**, {r['method']} vs {r['vs_control']} (paired, test "
+               f"{_metric_name(r)}): **{r['paired_verdict']}**, "
+               f"{100 * r['paired_diff_mean']:+.1f}{sd} pts over {r['paired_n_seeds']} seed(s), "
+               f"95% CI {ci}, p = {r['paired_p_value']:.2g}.")
+  return out
 
 
 def summary(records: Sequence[dict[str, Any]]) -> str:
@@ -856,26 +957,29 @@ def summary(records: Sequence[dict[str, Any]]) -> str:
                f"({kd['cpu_device'] or '?'})" if _ok(kd["speedup_vs_teacher"]) else "")
       lines.append(
           f"- **{domain}/{task}**: the best distilled student ({kd['method']}) keeps "
-          f"{_fmt_pct(kd['retention_vs_teacher'])} of the teacher's accuracy "
-          f"({fmt_pm(kd['accuracy_mean'], kd['accuracy_std'], kd['n_seeds'])} vs "
-          f"{fmt_pm(teacher['accuracy_mean'], teacher['accuracy_std'], teacher['n_seeds'])})"
+          f"{_fmt_pct(kd['retention_vs_teacher'])} of the teacher's {_metric_name(teacher)} "
+          f"({fmt_pm(kd['primary_metric_mean'], kd['primary_metric_std'], kd['n_seeds'])} vs "
+          f"{fmt_pm(teacher['primary_metric_mean'], teacher['primary_metric_std'], teacher['n_seeds'])})"
           f"{size}{speed}.")
       fast = _fastest_within(rs, RETENTION_BAR)
       if fast and fast is not kd:
         lines.append(
             f"- **{domain}/{task}**: the fastest student within {_fmt_pct(RETENTION_BAR)} of the "
             f"teacher ({fast['method']}) keeps {_fmt_pct(fast['retention_vs_teacher'])} "
-            f"({fmt_pm(fast['accuracy_mean'], fast['accuracy_std'], fast['n_seeds'])}) and runs "
+            f"({fmt_pm(fast['primary_metric_mean'], fast['primary_metric_std'], fast['n_seeds'])}) "
+            f"and runs "
             f"{_fmt_ratio(fast['speedup_vs_teacher'])} faster at batch 1 on CPU.")
     elif rs:
       lines.append(f"- **{domain}/{task}**: " + (
           "no teacher row (is_teacher), so no retention or speed-up." if not teacher
           else "no distilled student in the full-label runs."))
     lines += _baseline_lines(rs, teacher, domain, task)
+    lines += _paired_lines(rs, domain, task)
     task_diffs = [d for d in diffs if (d["domain"], d["task"]) == (domain, task)]
     if task_diffs:
-      lines.append(f"- **{domain}/{task}**, KD student vs same-size control (test accuracy, "
-                   f"student − control): KD {_kd_regimes(task_diffs)}.")
+      lines.append(f"- **{domain}/{task}**, data efficiency, KD student vs the same-init control "
+                   f"(test {task_diffs[0]['metric']}, student − control): KD "
+                   f"{_kd_regimes(task_diffs)}.")
   if not diffs:
     lines.append("- No data-efficiency runs (records with `series` student and control), so no "
                  "statement on when KD beats the control.")
@@ -909,7 +1013,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 def plot_pareto(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> bool:
   """Accuracy vs CPU batch-1 latency, marker area ∝ params, Pareto front; False if no data."""
   tasks = [t for t in _tasks(rows) if any(
-      (r["domain"], r["task"]) == t and _ok(r["cpu_latency_ms_p50"]) and _ok(r["accuracy_mean"])
+      (r["domain"], r["task"]) == t and _ok(r["cpu_latency_ms_p50"]) and _ok(r["primary_metric_mean"])
       for r in rows)]
   if not tasks:
     return False
@@ -919,12 +1023,12 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) ->
   devices: set[str] = set()
   for ax, (domain, task) in zip(axes, tasks):
     rs = [r for r in rows if (r["domain"], r["task"]) == (domain, task)
-          and _ok(r["cpu_latency_ms_p50"]) and _ok(r["accuracy_mean"])]
+          and _ok(r["cpu_latency_ms_p50"]) and _ok(r["primary_metric_mean"])]
     xs = [r["cpu_latency_ms_p50"] for r in rs]
-    ys = [r["accuracy_mean"] for r in rs]
+    ys = [r["primary_metric_mean"] for r in rs]
     for r, x, y in zip(rs, xs, ys):
       size = 40 + 600 * (_num(r["params_total"]) or 0) / max_params
-      ax.errorbar(x, y, yerr=r["accuracy_std"] or 0, fmt="none", ecolor="0.5", zorder=1)
+      ax.errorbar(x, y, yerr=r["primary_metric_std"] or 0, fmt="none", ecolor="0.5", zorder=1)
       ax.scatter(x, y, s=size, c=colors.get(r["kind"], "tab:green"), alpha=0.7, zorder=2,
                  marker="*" if r["is_teacher"] else "o", edgecolors="k", linewidths=0.5)
       ax.annotate(r["method"] + (" (teacher)" if r["is_teacher"] else ""), (x, y),
@@ -935,7 +1039,7 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) ->
     if max(xs) / min(xs) > 10:
       ax.set_xscale("log")
     devices.update(r["cpu_device"] for r in rs if r["cpu_device"])
-    ax.set(xlabel="CPU latency, batch 1, p50 (ms)", ylabel="test accuracy",
+    ax.set(xlabel="CPU latency, batch 1, p50 (ms)", ylabel=f"test {_metric_name(rs[0])}",
            title=f"{domain} / {task}")
     ax.legend(loc="lower right", fontsize=8, title="marker area ∝ params", title_fontsize=8)
     ax.grid(alpha=0.3)
@@ -945,7 +1049,8 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) ->
 
 
 def plot_data_efficiency(records: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> bool:
-  """Test accuracy vs fraction of labels kept, mean ± std, one line per series; False if no data."""
+  """Test primary metric vs fraction of labels kept, mean ± std, one line per series; False if no
+  data."""
   cells = data_efficiency(records)
   tasks = sorted({(c["domain"], c["task"]) for c in cells})
   if not tasks:
@@ -961,13 +1066,14 @@ def plot_data_efficiency(records: Sequence[dict[str, Any]], path: str | os.PathL
       pts = sorted((c for c in cs if (c["series"], c["method"]) == (series, method)),
                    key=lambda c: c["label_fraction"])
       label = series if per_series[series] == 1 else f"{series} ({method})"
-      ax.errorbar([c["label_fraction"] for c in pts], [c["accuracy_mean"] for c in pts],
-                  yerr=[c["accuracy_std"] for c in pts], marker="o", capsize=3, label=label)
+      ax.errorbar([c["label_fraction"] for c in pts], [c["metric_mean"] for c in pts],
+                  yerr=[c["metric_std"] for c in pts], marker="o", capsize=3, label=label)
     fracs = sorted({c["label_fraction"] for c in cs})
     ax.set_xscale("log")
     ax.set_xticks(fracs, [f"{100 * f:g}%" for f in fracs])
     ax.minorticks_off()
-    ax.set(xlabel="fraction of training labels kept", ylabel="test accuracy (mean ± std)",
+    ax.set(xlabel="fraction of training labels kept (validation labels read in every run)",
+           ylabel=f"test {cs[0]['metric']} (mean ± std)",
            title=f"{domain} / {task}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

@@ -231,3 +231,56 @@ def test_steps_from_full_data_keeps_the_step_budget(monkeypatch, tmp_path):
     c.train.steps_from_full_data = full
     steps[full] = train.run(c)["steps"]
   assert steps == {False: 3, True: 10}  # ceil(10 labeled / 4) vs ceil(40 / 4)
+
+
+def _logits_file(path, n, num_classes, *, target, label_names=None):
+  """Teacher logits for the smoke task's train ids: every row puts its mass on `target`."""
+  ids = [f"synthetic-0-{i}" for i in range(n)]
+  logits = np.full((n, num_classes), -8.0, np.float32)
+  logits[:, target] = 0.0
+  names = label_names or [f"class_{i}" for i in range(num_classes)]
+  np.savez(path, ids=np.asarray(ids[::-1]), logits=logits,  # any row order: matched by id
+           meta=json.dumps({"label_names": names, "teacher_dir": "elsewhere"}))
+  return path
+
+
+def _logits_student(workdir, logits_path):
+  c = smoke.get_config()
+  c.workdir = str(workdir)
+  c.model.overrides.num_layers = 2
+  c.distill.teacher_logits = str(logits_path)
+  c.distill.student_init = "fresh"
+  c.distill.losses = ml_collections.ConfigDict({"ce": 0.0, "kd_kl": 1.0})
+  c.optim.lr = 3e-3
+  c.train.max_steps = 12
+  c.train.eval_every = 12
+  c.train.checkpoint_every = 12
+  return c
+
+
+def test_a_student_of_precomputed_teacher_logits_learns_them_without_a_teacher_model(tmp_path):
+  """distill.teacher_logits (e.g. an SFT'd decoder's label scores): no teacher model loaded, the
+  logits ride in the batches by example id, and the student moves to what they say."""
+  n, c = synthetic.SIZES["train"], classification.SYNTHETIC_CLASSES
+  path = _logits_file(tmp_path / "t.npz", n, c, target=1)
+  record = train.run(_logits_student(tmp_path / "s", path))
+  assert record["kind"] == "distill" and record["teachers"] == []
+  assert record["teacher_cache"]["teacher_dir"] == "elsewhere" and record["teacher_flops"] == 0
+  assert record["labeled_examples"] == 0     # ce weight 0: no gold label entered the loss
+  pred = np.asarray(record["metrics"]["test"]["predictions"])
+  assert np.mean(pred == 1) > 0.9            # the teacher's (constant) answer, not the labels
+
+
+def test_teacher_logits_that_miss_train_ids_or_name_other_labels_are_refused(tmp_path):
+  c = classification.SYNTHETIC_CLASSES
+  short = _logits_file(tmp_path / "short.npz", 10, c, target=0)
+  with pytest.raises(ValueError, match="no logits for .* train examples"):
+    train.run(_logits_student(tmp_path / "a", short))
+  other = _logits_file(tmp_path / "other.npz", synthetic.SIZES["train"], c, target=0,
+                       label_names=[f"x{i}" for i in range(c)])
+  with pytest.raises(ValueError, match="labels .* != the task's"):
+    train.run(_logits_student(tmp_path / "b", other))
+  bad = _logits_student(tmp_path / "c", other)
+  bad.distill.student_init = "layers"
+  with pytest.raises(ValueError, match="student_init=fresh"):
+    train.run(bad)

@@ -41,7 +41,7 @@ def _grid(tmp_path, folder):
   g.task_name = "tiny"
   g.results_dir = str(tmp_path / "results")
   g.runs_dir = str(tmp_path / "runs")
-  g.methods = ("finetune_full", "small_labels_only")  # KD cells: tests/test_compare.py
+  g.methods = ("finetune_full", "control_pretrained_init")  # KD cells: tests/test_compare.py
   r = g.run
   r.compile_cache_dir = str(tmp_path / "xla")  # the sweep's and the grid's runs share programs
   r.model.source = common.MINILM
@@ -87,7 +87,7 @@ def test_one_command_on_a_tiny_csv_folder(tmp_path, capsys):
   out = capsys.readouterr().out
   results = pathlib.Path(g.results_dir)
   rows = {r["method"]: r for r in report.aggregate(report.load_records(results))}
-  assert set(rows) == {"finetune_full", "small_labels_only", "majority_class", "tfidf_logreg"}
+  assert set(rows) == {"finetune_full", "control_pretrained_init", "majority_class", "tfidf_logreg"}
   assert rows["tfidf_logreg"]["kind"] == "baseline"
   table = paths["table.md"].read_text()
   assert "| tfidf_logreg | baseline |" in table and "interleaved rounds" in table

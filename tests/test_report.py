@@ -50,10 +50,10 @@ def synthetic_records(gpu: bool = False) -> list[dict]:
     recs.append(_record("lora", seed, 0.92 + 0.01 * i, gpu=gpu))
     recs.append(_record("kd_soft", seed, STUDENT_ACC[i], kind="distill", params=11_000_000,
                         p50=4.0, gpu=gpu))
-    recs.append(_record("small_labels_only", seed, 0.90, params=11_000_000, p50=4.0, gpu=gpu))
+    recs.append(_record("control_teacher_init", seed, 0.90, params=11_000_000, p50=4.0, gpu=gpu))
     for f in FRACTIONS:
       recs.append(_record("finetune_full", seed, 0.7 + 0.25 * f, series="teacher", fraction=f))
-      recs.append(_record("small_labels_only", seed, 0.6 + 0.3 * f + 0.01 * seed,
+      recs.append(_record("control_teacher_init", seed, 0.6 + 0.3 * f + 0.01 * seed,
                           params=11_000_000, series="control", fraction=f))
       # The student beats the control by 10 pts at 5%, 12 ± 2 at 10%, trails it by 1 from 25%.
       gap = {0.05: 0.10, 0.1: 0.10 + 0.02 * seed}.get(f, -0.01)
@@ -80,7 +80,7 @@ def _row(rows, method):
 
 def test_aggregation_math():
   rows = report.aggregate(synthetic_records())
-  assert [r["method"] for r in rows] == ["finetune_full", "kd_soft", "lora", "small_labels_only"]
+  assert [r["method"] for r in rows] == ["finetune_full", "control_teacher_init", "kd_soft", "lora"]
   teacher, student = _row(rows, "finetune_full"), _row(rows, "kd_soft")
   assert teacher["is_teacher"] and not student["is_teacher"]
   assert teacher["n_seeds"] == 3
@@ -120,7 +120,7 @@ def test_kd_vs_control_paired_differences():
   assert diffs[0.1]["diff_std"] == pytest.approx(0.02)
   assert diffs[1.0]["diff_mean"] == pytest.approx(-0.01)
   assert all(d["paired"] and d["n"] == 3 for d in diffs.values())
-  assert all((d["student_method"], d["control_method"]) == ("kd_soft", "small_labels_only")
+  assert all((d["student_method"], d["control_method"]) == ("kd_soft", "control_teacher_init")
              for d in diffs.values())
 
 
@@ -238,13 +238,13 @@ def test_data_efficiency_takes_full_label_points_from_main_runs():
   """The grid does not rerun the 100% point: the main teacher/control/student runs stand for it."""
   recs = [r for r in synthetic_records() if not (r.get("series") and r["label_fraction"] == 1.0)]
   points = {(d["series"], d["label_fraction"]): d for d in report.data_efficiency(recs)}
-  assert points[("teacher", 1.0)]["accuracy_mean"] == pytest.approx(np.mean(TEACHER_ACC))
-  assert points[("student", 1.0)]["accuracy_mean"] == pytest.approx(np.mean(STUDENT_ACC))
+  assert points[("teacher", 1.0)]["metric_mean"] == pytest.approx(np.mean(TEACHER_ACC))
+  assert points[("student", 1.0)]["metric_mean"] == pytest.approx(np.mean(STUDENT_ACC))
   assert points[("control", 1.0)]["n"] == 3
   assert not any(d["series"] not in ("teacher", "control", "student") for d in points.values())
   # A series' own 100% runs win over the main runs; tasks without a series get no points.
   own = {(d["series"], d["label_fraction"]): d for d in report.data_efficiency(synthetic_records())}
-  assert own[("teacher", 1.0)]["accuracy_mean"] == pytest.approx(0.95)
+  assert own[("teacher", 1.0)]["metric_mean"] == pytest.approx(0.95)
   other = [_record("finetune_full", 0, 0.9, teacher=True, task="other")]
   assert report.data_efficiency(other) == []
 
@@ -262,7 +262,7 @@ def test_summary_names_fastest_student_above_retention_bar():
 
 def test_summary_one_seed_difference_has_no_spread():
   recs = [_record("kd_soft", 0, 0.85, kind="distill", series="student", fraction=0.05),
-          _record("small_labels_only", 0, 0.81, series="control", fraction=0.05)]
+          _record("control_teacher_init", 0, 0.81, series="control", fraction=0.05)]
   text = report.summary(recs)
   assert "5% labels: +4.0 pts (n=1, one seed; no spread)" in text
   assert "±" not in text.split("KD beats")[1]

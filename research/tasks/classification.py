@@ -79,6 +79,7 @@ class ClassificationTask:
     self.label_names, self.multilabel = tuple(label_names), bool(multilabel)
     self.full_train_size, self.buckets = int(full_train_size), tuple(buckets)
     self._proc = dict(process_index=process_index, process_count=process_count)
+    self.teacher_cache: TeacherLabelLogits | None = None  # distill.teacher_logits, when attached
 
   @classmethod
   def from_config(cls, config: Any, model_cfg: Any) -> "ClassificationTask":
@@ -90,8 +91,18 @@ class ClassificationTask:
   # -- batches
 
   def train_batches(self, *, batch_size: int, seed: int, epoch: int = 0, step: int = 0):
-    return pipeline.TrainIterator(self.splits["train"], batch_size, self.buckets, seed=seed,
-                                  epoch=epoch, step=step, **self._proc)
+    it = pipeline.TrainIterator(self.splits["train"], batch_size, self.buckets, seed=seed,
+                                epoch=epoch, step=step, **self._proc)
+    return it if self.teacher_cache is None else _WithTeacherLogits(it, self.teacher_cache)
+
+  def attach_teacher(self, kd_setup: Any, config: Any) -> bool:
+    """distill.teacher_logits: the precomputed teacher logits ride in the train batches."""
+    path = config.distill.get("teacher_logits")
+    if not path:
+      return False
+    self.teacher_cache = TeacherLabelLogits.load(path, self.splits["train"].ids,
+                                                 self.label_names)
+    return True
 
   def eval_batches(self, split: str, batch_size: int):
     return pipeline.eval_batches(self.splits[split], batch_size, self.buckets, labeled=False,
@@ -119,9 +130,15 @@ class ClassificationTask:
 
   def evaluate(self, predictions: Mapping[str, Any], split: str) -> dict:
     index_N = np.asarray(predictions["index"])
-    return metrics_lib.classification_metrics(
-        predictions["logits"], self.splits[split].labels[index_N], multilabel=self.multilabel,
-        label_names=self.label_names)
+    logits, labels = np.asarray(predictions["logits"]), self.splits[split].labels[index_N]
+    out = metrics_lib.classification_metrics(
+        logits, labels, multilabel=self.multilabel, label_names=self.label_names)
+    # Per-example predictions in dataset order, for paired tests between runs (research/paired.py).
+    order = np.argsort(index_N, kind="stable")
+    pred = (logits > 0.0).astype(int) if self.multilabel else logits.argmax(-1)
+    out["predictions"] = pred[order].tolist()
+    out["labels"] = np.asarray(labels)[order].tolist()
+    return out
 
   def labeled_count(self, split: str = "train") -> int:
     """Rows whose label is known (unlabeled rows carry -1; multilabel rows are all labeled)."""
@@ -130,6 +147,55 @@ class ClassificationTask:
       return 0
     labels = np.asarray(data.labels)
     return int((labels >= 0).sum()) if labels.ndim == 1 else len(data)
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherLabelLogits:
+  """A teacher's label logits per train row (aligned to the split by example id), and its meta."""
+  logits_NxC: np.ndarray
+  meta: dict
+
+  @classmethod
+  def load(cls, path: str, ids: tuple[str, ...], label_names: tuple[str, ...]
+           ) -> "TeacherLabelLogits":
+    import json  # pylint: disable=g-import-not-at-top
+    with np.load(path) as f:
+      file_ids, logits = [str(x) for x in f["ids"]], np.asarray(f["logits"], np.float32)
+      meta = json.loads(str(f["meta"]))
+    names = tuple(meta.get("label_names", ()))
+    if names and tuple(n.lower() for n in names) != tuple(n.lower() for n in label_names):
+      raise ValueError(f"distill.teacher_logits {path}: labels {names} != the task's "
+                       f"{label_names}; build the file for this task.")
+    pos = {i: k for k, i in enumerate(file_ids)}
+    missing = [i for i in ids if str(i) not in pos]
+    if missing:
+      raise ValueError(f"distill.teacher_logits {path}: no logits for {len(missing)} of "
+                       f"{len(ids)} train examples (e.g. {missing[:3]}); build it on this "
+                       "task's train split (experiments/teacher_label_logits.py).")
+    rows = logits[[pos[str(i)] for i in ids]]
+    return cls(rows, dict(meta, path=str(path), n=len(ids)))
+
+  def lookup(self, index_B: np.ndarray) -> np.ndarray:
+    return self.logits_NxC[np.clip(np.asarray(index_B, np.int64), 0, len(self.logits_NxC) - 1)]
+
+
+class _WithTeacherLogits:
+  """Train batches with the attached teacher logits under "teacher_logits" (by row index)."""
+
+  def __init__(self, it, cache: TeacherLabelLogits):
+    self._it, self._cache = it, cache
+
+  @property
+  def position(self):
+    return self._it.position
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = dict(next(self._it))
+    batch["teacher_logits"] = self._cache.lookup(batch["index"])
+    return batch
 
 
 def loss_fn(apply: Apply, *, multilabel: bool = False, label_smoothing: float = 0.0) -> LossFn:
@@ -161,10 +227,15 @@ def kd_loss_fn(apply: Apply, kd: Distillation, *, multilabel: bool = False,
     params = dict(params)
     proj = params.pop(PROJ_KEY, None)
     s_out = apply(params, batch, deterministic=False, rng=rng, outputs=outputs)
-    t_outs = [t(jax.lax.stop_gradient(p), batch, deterministic=True, outputs=outputs)
-              for t, p in zip(kd.teachers, aux)]
-    t_out = dict(t_outs[0])
-    if several:
+    if "teacher_logits" in batch:  # precomputed (distill.teacher_logits): no teacher model
+      t_outs = [{"logits": batch["teacher_logits"]}]
+    elif "teacher" not in needs:  # e.g. the same-init control: ground truth only, no teacher pass
+      t_outs = []
+    else:
+      t_outs = [t(jax.lax.stop_gradient(p), batch, deterministic=True, outputs=outputs)
+                for t, p in zip(kd.teachers, aux)]
+    t_out = dict(t_outs[0]) if t_outs else {}
+    if several and t_outs:
       t_out["logits"] = [o["logits"] for o in t_outs]
     return losses.combined_loss(
         weights, student_out=s_out, teacher_out=t_out, batch=batch, temperature=kd.temperature,

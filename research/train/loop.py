@@ -342,6 +342,14 @@ def _run(config: Any, workdir: str, t_start: float) -> dict:
   return result
 
 
+def _init(config) -> str:
+  """Where the trained weights started: "pretrained", "teacher_layers" (cut from a fine-tuned,
+  labeled teacher) or "fresh"."""
+  if not distill.is_distillation(config):
+    return "random" if config.model.get("random_init") else "pretrained"
+  return {"layers": "teacher_layers"}.get(config.distill.student_init, config.distill.student_init)
+
+
 def _finish(config, s, tr: _Trainer, session_seconds: float, workdir: str, t_start: float) -> dict:
   """Validation and test metrics of the best-by-validation params; exports; the result record."""
   best_params, _ = store_lib.load_best(workdir)
@@ -364,7 +372,9 @@ def _finish(config, s, tr: _Trainer, session_seconds: float, workdir: str, t_sta
   cache = getattr(s.task, "teacher_cache", None)  # a task's cached teacher outputs, if any
   speed_seconds = session_seconds - tr.compile_seconds
   result = {
-      "kind": "finetune" if s.kd is None else "distill",
+      # A teacher in the loss or teacher-written answers as data; a teacher-cut control is neither.
+      "kind": ("distill" if (s.kd is not None and s.kd.reads_teacher())
+               or getattr(s.task, "generations", None) else "finetune"),
       "method": tags.method or f"finetune_{config.mask.rule}",
       "domain": tags.domain,
       "task": tags.task or "/".join(x for x in (d.name, d.config) if x),
@@ -385,6 +395,9 @@ def _finish(config, s, tr: _Trainer, session_seconds: float, workdir: str, t_sta
       "examples_per_second": (tr.speed_examples / speed_seconds if tr.speed_examples else None),
       "compile_seconds": tr.compile_seconds, "steps": tr.plan.total_steps,
       "labeled_examples": n_labeled,
+      # Validation labels read to pick the best checkpoint (count them with the labeled data).
+      "validation_labels": s.task.labeled_count("validation"),
+      "init": _init(config),
       "unlabeled_examples": len(s.task.splits["train"]) - n_labeled,
       "teachers": list(distill.teacher_dirs(config)) if s.kd is not None else [],
       "teacher_cache": cache.meta if cache is not None else None,
