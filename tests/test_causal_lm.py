@@ -80,8 +80,11 @@ def test_rows_mask_only_the_answer_tokens(lm_config):
 def test_sft_through_the_loop_lowers_the_answer_loss(lm_config):
   record = train.run(lm_config)
   assert record["primary_metric"] == "accuracy" and record["model_family"] == "llama"
-  assert record["metrics"]["test"]["num_examples"] == 12
-  assert record["labeled_examples"] == 48
+  test = record["metrics"]["test"]
+  assert test["num_examples"] == 12 and len(test["predictions"]) == len(test["labels"]) == 12
+  assert sum(p == y for p, y in zip(test["predictions"], test["labels"])) / 12 == \
+      pytest.approx(test["accuracy"])   # the per-example predictions the paired tests read
+  assert record["labeled_examples"] == 48 and record["validation_labels"] > 0
   lines = [json.loads(l) for l in open(pathlib.Path(lm_config.workdir) / "metrics.jsonl")]
   losses = [l["loss"] for l in lines if l["split"] == "train"]
   assert losses[-1] < 0.5 * losses[0]  # answer tokens only: the prompt is never a target

@@ -252,7 +252,10 @@ class CausalLMTask:
   def evaluate(self, predictions: Mapping[str, Any], split: str) -> dict:
     """Label scoring: argmax over each example's option scores (summed answer log-probs)."""
     scores, labels = self.option_scores(predictions, split)
-    return metrics_lib.classification_metrics(scores, labels, label_names=self.label_strings)
+    out = metrics_lib.classification_metrics(scores, labels, label_names=self.label_strings)
+    # Per-example label-scoring predictions in dataset order (research/significance.py pairs them).
+    out["predictions"], out["labels"] = scores.argmax(1).tolist(), np.asarray(labels).tolist()
+    return out
 
   def attach_teacher(self, kd_setup: Any, config: Any) -> bool:
     """Optional protocol hook: a cached teacher instead of one run in every step."""
