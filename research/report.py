@@ -336,6 +336,8 @@ def _init(rec: dict[str, Any]) -> str:
   """Where a row's weights started (records before issue 15: from kind and student_init)."""
   if rec.get("init"):
     return str(rec["init"])
+  if _kind(rec) == BASELINE:
+    return ""
   if _get(rec, "config.distill.teacher") or _get(rec, "config.distill.teachers"):
     return "teacher_layers" if _get(rec, "config.distill.student_init") == "layers" else "fresh"
   return "random" if _get(rec, "config.model.random_init") else "pretrained"
@@ -691,7 +693,7 @@ def table_markdown(rows: Sequence[dict[str, Any]], summary_text: str = "",
       src = (" (analytic)" if ANALYTIC_SOURCE in r.get("train_flops_source", "")
              and _ok(r["train_flops"]) else "")
       cells = [f"**{r['method']}** †" if r["is_teacher"] else r["method"], r["kind"],
-               INIT_NAMES.get(r["init"], r["init"]),
+               INIT_NAMES.get(r["init"], r["init"]) or "–",
                f"{fmt_count(r['params_total'])} ({fmt_count(r['params_trainable'])})",
                fmt_num(r["checkpoint_mb"]),
                fmt_pm(r["accuracy_mean"], r["accuracy_std"], r["n_seeds"]),
