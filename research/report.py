@@ -595,8 +595,10 @@ LEGEND = """\
   the teacher's; **Speed-up** = teacher CPU batch-1 median latency / this row's.
 - **Init**: where the trained weights started. "teacher layers": cut from the fine-tuned teacher,
   whose weights already saw the training labels (so a KD row with 0 labels still inherited them).
-- **vs reference (paired)**: a KD row against `control_teacher_init` (same size, same teacher-cut
-  init, same epochs, ground truth only: the soft targets are the one difference); last-k, head-only,
+- **vs reference (paired)**: a KD row against the control of its own init, trained on ground truth
+  only with the same epochs — `control_teacher_init` for students cut from the teacher,
+  `control_pretrained_init` for students from the pretrained model (a cross-family teacher): the
+  teacher's targets are the one difference; last-k, head-only,
   BitFit and LoRA against `finetune_full`. Per seed the same test examples are paired; shown: mean
   ± std over seeds of the difference in the primary metric (points), and the verdict: "beats" /
   "below" when the 95% paired-bootstrap interval of the seed-mean difference excludes 0 and every

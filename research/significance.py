@@ -1,6 +1,8 @@
 """Table rows against their reference row: paired tests over the same test examples, per seed.
 
-A KD row is read against the same-init control (cut from the same teacher, ground truth only); a
+A KD row is read against the control of its initialisation, trained on ground truth only: cut
+from the same teacher (`control_teacher_init`) or, for a student that starts from the pretrained
+model (a cross-family teacher has no layers to cut), `control_pretrained_init`; a
 parameter-efficient fine-tune against full fine-tuning (`REFERENCE`). Seeds present in both rows
 are paired: per seed, the difference of the task's primary metric, McNemar's exact p on
 accuracy (research/paired.py) and a paired-bootstrap 95% interval. Across seeds: mean ± sample std
@@ -24,6 +26,7 @@ import numpy as np
 from research import paired
 
 SAME_INIT_CONTROL = "control_teacher_init"
+PRETRAINED_INIT_CONTROL = "control_pretrained_init"  # for students that start from the pretrained model
 # Fine-tunes read against full fine-tuning of the same model (last-k vs full, PEFT vs full).
 REFERENCE = {"finetune_last_k": "finetune_full", "head_only": "finetune_full",
              "bitfit": "finetune_full", "lora": "finetune_full"}
@@ -147,7 +150,12 @@ def _reference(name: str, rec: dict[str, Any]) -> str | None:
     return SERIES_REFERENCE[name]
   if name in REFERENCE:
     return REFERENCE[name]
-  return SAME_INIT_CONTROL if rec.get("kind") == "distill" and not rec.get("series") else None
+  if rec.get("kind") != "distill" or rec.get("series"):
+    return None
+  # The control of the KD row's own initialisation: cut from the teacher, or the pretrained model.
+  init = rec.get("init") or ("teacher_layers" if ((rec.get("config") or {}).get("distill") or {})
+                             .get("student_init", "layers") == "layers" else "pretrained")
+  return SAME_INIT_CONTROL if init == "teacher_layers" else PRETRAINED_INIT_CONTROL
 
 
 def paired_rows(records: Sequence[dict[str, Any]], *, samples: int = SAMPLES,

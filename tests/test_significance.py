@@ -76,12 +76,16 @@ def test_each_row_is_paired_with_its_reference_of_the_same_seed():
   recs += [_record("kd_soft", s, ok, y, kind="distill") for s in (0, 1, 2)]  # seed 2: no control
   recs += [_record("finetune_full", 0, ok, y), _record("lora", 0, off, y)]
   recs.append({**_record("kd_old", 0, ok, y, kind="distill"), "metrics": {"test": {}}})
+  # A student from the pretrained model (cross-family teacher): its control has that init too.
+  recs += [{**_record("kd_from_llm", 0, ok, y, kind="distill"), "init": "pretrained"},
+           _record("control_pretrained_init", 0, off, y)]
   out = sig.paired_rows(recs, samples=200)
   kd = out[("d", "t", "kd_soft", 1.0)]
   assert kd["vs"] == "control_teacher_init" and kd["n_seeds"] == 2 and kd["diff_mean"] > 0
   assert out[("d", "t", "lora", 1.0)]["vs"] == "finetune_full"
   assert out[("d", "t", "lora", 1.0)]["diff_mean"] < 0
   assert ("d", "t", "kd_old", 1.0) not in out          # no predictions: no paired fields
+  assert out[("d", "t", "kd_from_llm", 1.0)]["vs"] == "control_pretrained_init"
   assert ("d", "t", "control_teacher_init", 1.0) not in out
 
 
