@@ -114,6 +114,19 @@ def token_divergence(*, student_logits_BxAxV: Array, teacher_logits_BxAxV: Array
   return mean * temperature**2, {"divergence": mean, "tokens": n}
 
 
+def mix_teachers(teacher_logits: list[Array], weights: tuple[float, ...] | None,
+                 temperature: float) -> Array:
+  """Logits whose softmax at `temperature` is Σ_i w_i softmax(z_i / T): several teachers'
+  distributions averaged per token (weights normalised; None: uniform) — the multi-teacher soft
+  target of You et al. 2017 ("Learning from Multiple Teacher Networks"), per token.
+  """
+  w = jnp.asarray(weights if weights else [1.0] * len(teacher_logits), jnp.float32)
+  lw = jnp.log(w / jnp.sum(w))
+  lp = jnp.stack([jax.nn.log_softmax(_f32(z) / temperature, axis=-1) for z in teacher_logits])
+  mix = jax.nn.logsumexp(lp + lw.reshape((-1,) + (1,) * (lp.ndim - 1)), axis=0)
+  return mix * temperature  # normalised log-probs at T: softmax(mix * T / T) is the mixture
+
+
 def teacher_topk(*, teacher_logits_BxAxV: Array, k: int, temperature: float = 1.0
                  ) -> tuple[Array, Array]:
   """What a top-k cache stores: (token ids B×A×k int32, log-probs at T of k tokens + tail B×A×(k+1))."""

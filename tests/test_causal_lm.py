@@ -177,6 +177,12 @@ def test_token_kd_students_live_and_cached_teacher_and_same_init_control(lm_conf
                              cache_top_k=260))
   assert again["teacher_cache"]["reused"] is True
   assert again["teacher_cache"]["path"] == cached["teacher_cache"]["path"]
+  # Two teachers (here the same one twice, weights 0.3 / 0.7): their mixture is that teacher.
+  two = _student(lm_config, teacher_dir, tmp_path / "two", {"tok_kl": 1.0})
+  two.distill.teacher, two.distill.teachers = "", (str(teacher_dir), str(teacher_dir))
+  two.distill.teacher_weights = (0.3, 0.7)
+  assert train.run(two)["teacher_flops"] == pytest.approx(2 * live["teacher_flops"])
+  assert _first_loss(tmp_path / "two") == pytest.approx(_first_loss(tmp_path / "live"), rel=1e-4)
   control = train.run(_student(lm_config, teacher_dir, tmp_path / "control", {"ce": 1.0}))
   assert control["labeled_examples"] == 48
   # same initialisation: the teacher's layer 1, so the first-step answer NLLs agree
@@ -211,6 +217,21 @@ def test_teacher_answers_replace_the_gold_answers_of_unkept_examples(lm_config, 
   lm_config.data.answers = _answers_file(tmp_path / "other.jsonl", train_records, "x", 50)
   with pytest.raises(ValueError, match="other prompt settings"):
     causal_lm.build(lm_config, None)  # made for another prompt: refused, not silently used
+
+
+def test_several_teachers_answers_are_pooled_one_row_per_teacher(lm_config, tmp_path):
+  train_records = _records(48, 0)
+  a = _answers_file(tmp_path / "a.jsonl", train_records, "q q q")
+  b = _answers_file(tmp_path / "b.jsonl", train_records, "w w")
+  lm_config.data.answers = f"{a},{b}"
+  lm_config.data.label_fraction = 0.25
+  task = causal_lm.build(lm_config, None)
+  rows, tok = task.splits["train"], _ByteTokenizer()
+  assert len(rows) == 48 + 36 and task.labeled_count("train") == 12
+  answers = [rows.input_ids[i][rows.token_type_ids[i] == 1].tolist() for i in range(len(rows))]
+  assert answers.count(tok.encode("q q q\x01")) == 36 == answers.count(tok.encode("w w\x01"))
+  gen = task.generations
+  assert gen["n_generated"] == 72 and [f["path"] for f in gen["files"]] == [str(a), str(b)]
 
 
 def test_generations_are_written_as_they_go_and_resume(lm_config, tmp_path):

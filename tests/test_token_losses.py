@@ -121,3 +121,14 @@ def test_registry_terms_read_the_answer_mask_and_either_teacher_form(logits):
   with pytest.raises(ValueError, match="causal_lm"):
     losses.combined_loss({"tok_jsd": 1.0}, student_out={"logits": z_s[:, 0]},
                          teacher_out={"logits": z_t[:, 0]}, batch={"valid": jnp.ones(B)})
+
+
+def test_several_teachers_mix_into_their_weighted_average_distribution():
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.normal(size=(2, 3, 11)), jnp.float32) for _ in range(2))
+  t = 2.0
+  mixed = tl.mix_teachers([a, b], (1.0, 3.0), t)
+  want = 0.25 * jax.nn.softmax(a / t, -1) + 0.75 * jax.nn.softmax(b / t, -1)
+  np.testing.assert_allclose(jax.nn.softmax(mixed / t, -1), want, rtol=1e-5, atol=1e-6)
+  same = tl.mix_teachers([a, a], None, t)  # one teacher twice: that teacher
+  np.testing.assert_allclose(jax.nn.softmax(same / t, -1), jax.nn.softmax(a / t, -1), rtol=1e-5)

@@ -24,6 +24,7 @@ from research import data as data_lib
 from research import losses
 from research import metrics as metrics_lib
 from research import seq_kd
+from research import token_losses
 from research import zero_shot
 from research.data import pipeline
 from research.data import prompts
@@ -143,10 +144,11 @@ def _teacher_out(kd: Distillation, batch, aux) -> dict:
   """The teacher's view at the answer positions: a cached top-k, or one teacher run now."""
   if "teacher_topk_ids" in batch:
     return {"topk_ids": batch["teacher_topk_ids"], "topk_logprobs": batch["teacher_topk_logprobs"]}
-  if len(kd.teachers) != 1:
-    raise ValueError(f"token-level KD takes one teacher here, got {len(kd.teachers)}; give one "
-                     "distill.teacher.")
-  return {"logits": kd.teachers[0](aux[0], batch, deterministic=True)["logits"]}
+  outs = [t(p, batch, deterministic=True)["logits"] for t, p in zip(kd.teachers, aux)]
+  if len(outs) == 1:
+    return {"logits": outs[0]}
+  # distill.teachers (same vocabulary): their per-token distributions, averaged by teacher_weights.
+  return {"logits": token_losses.mix_teachers(outs, kd.teacher_weights, kd.temperature)}
 
 
 def _kd_loss(kd: Distillation, tok_lp, logits, batch, aux):
@@ -294,31 +296,48 @@ def _train_examples(train: list[dict], d: Any, seed: int, task_name: str
   """(train examples, how many keep their gold answer, generations meta or None).
 
   label_fraction < 1 keeps that stratified share of gold answers; with data.answers the other
-  examples take the teacher's generated answer instead of being dropped.
+  examples take the teacher's generated answer instead of being dropped. Several answer files
+  (comma-separated: several teachers' generations, pooled) give each such example once per file.
   """
   keep = (pipeline.label_fraction(train, d.label_fraction, seed)[0] if d.label_fraction < 1.0
           else range(len(train)))
-  if not d.get("answers", ""):
+  files = [f for f in str(d.get("answers", "")).split(",") if f]
+  if not files:
     return [train[i] for i in keep], len(keep), None
   # With teacher answers every example stays; those without a kept gold answer (all of them at
   # label_fraction 1) take the teacher's.
   gold = set(keep) if d.label_fraction < 1.0 else set()
   generated = [i for i in range(len(train)) if i not in gold]
-  answers = seq_kd.read_answers(d.answers)
+  out, metas, parsed = list(train), [], []
+  for k, path in enumerate(files):
+    rows, meta, ok = _generated(path, train, generated, d, task_name)
+    if k == 0:  # the first file's answers take the examples' places (one file: the same order)
+      for i, row in zip(generated, rows):
+        out[i] = row
+    else:
+      out.extend(rows)
+    metas.append(meta)
+    parsed += ok
+  summary = {"n_generated": len(generated) * len(files),
+             "used_parse_rate": sum(parsed) / max(len(parsed), 1)}
+  if len(files) == 1:
+    return out, len(gold), {**metas[0], **summary}
+  return out, len(gold), {"path": d.answers, "files": metas, **summary}
+
+
+def _generated(path: str, train: list[dict], generated: list[int], d: Any, task_name: str
+               ) -> tuple[list[dict], dict, list[bool]]:
+  """One answers file's rows for the `generated` examples, its meta, and which answers parse."""
+  answers = seq_kd.read_answers(path)
   missing = [str(train[i]["id"]) for i in generated if str(train[i]["id"]) not in answers]
   if missing:
-    raise ValueError(f"data.answers {d.answers!r} has no answer for {len(missing)} train examples "
+    raise ValueError(f"data.answers {path!r} has no answer for {len(missing)} train examples "
                      f"(e.g. {missing[:3]}); generate them for this dataset's train split.")
-  meta = seq_kd.read_meta(d.answers)
-  seq_kd.check_matches(meta, prompt_task=task_name, context_words=d.context_words, path=d.answers)
-  out = list(train)
-  for i in generated:
-    out[i] = dict(train[i], answer_text=answers[str(train[i]["id"])]["answer"])
-  parsed = [answers[str(train[i]["id"])]["parsed"] for i in generated]
-  return out, len(gold), {"path": d.answers, "sha256": seq_kd.file_sha256(d.answers),
-                          "n_generated": len(generated),
-                          "used_parse_rate": sum(p is not None for p in parsed) / max(len(parsed), 1),
-                          **meta}
+  meta = seq_kd.read_meta(path)
+  seq_kd.check_matches(meta, prompt_task=task_name, context_words=d.context_words, path=path)
+  rows = [dict(train[i], answer_text=answers[str(train[i]["id"])]["answer"]) for i in generated]
+  ok = [answers[str(train[i]["id"])]["parsed"] is not None for i in generated]
+  return rows, {"path": path, "sha256": seq_kd.file_sha256(path), **meta}, ok
 
 
 def use_teacher_cache(task: CausalLMTask, kd_setup: Any, config: Any) -> bool:
