@@ -334,6 +334,8 @@ def aggregate(records: Sequence[dict[str, Any]],
 
 def _init(rec: dict[str, Any]) -> str:
   """Where a row's weights started (records before issue 15: from kind and student_init)."""
+  if rec.get("init") == "fresh":  # written so for a while: config.model says which
+    return "random" if _get(rec, "config.model.random_init") else "pretrained"
   if rec.get("init"):
     return str(rec["init"])
   if _kind(rec) == BASELINE:

@@ -265,6 +265,7 @@ def test_a_student_of_precomputed_teacher_logits_learns_them_without_a_teacher_m
   path = _logits_file(tmp_path / "t.npz", n, c, target=1)
   record = train.run(_logits_student(tmp_path / "s", path))
   assert record["kind"] == "distill" and record["teachers"] == []
+  assert record["init"] == "random"          # config.model's (the smoke model has no weights)
   assert record["teacher_cache"]["teacher_dir"] == "elsewhere" and record["teacher_flops"] == 0
   assert record["labeled_examples"] == 0     # ce weight 0: no gold label entered the loss
   pred = np.asarray(record["metrics"]["test"]["predictions"])

@@ -343,11 +343,11 @@ def _run(config: Any, workdir: str, t_start: float) -> dict:
 
 
 def _init(config) -> str:
-  """Where the trained weights started: "pretrained", "teacher_layers" (cut from a fine-tuned,
-  labeled teacher) or "fresh"."""
-  if not distill.is_distillation(config):
-    return "random" if config.model.get("random_init") else "pretrained"
-  return {"layers": "teacher_layers"}.get(config.distill.student_init, config.distill.student_init)
+  """Where the trained weights started: "teacher_layers" (cut from a fine-tuned, labeled
+  teacher), "pretrained" or "random" (config.model, e.g. a fresh student's)."""
+  if distill.is_distillation(config) and config.distill.student_init == "layers":
+    return "teacher_layers"
+  return "random" if config.model.get("random_init") else "pretrained"
 
 
 def _finish(config, s, tr: _Trainer, session_seconds: float, workdir: str, t_start: float) -> dict:
