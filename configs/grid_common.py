@@ -155,17 +155,30 @@ SWEEP_METHODS = ("finetune_full", "control_teacher_init", "kd_soft")
 SWEEP_LRS = (5e-5, 1e-4, 2e-4)
 
 
-def sweep_variant(g, task, arg: str) -> bool:
-  """`<grid>:<task>:lr=<x>`: the grid's sweep cell at one learning rate — seed 0, SWEEP_METHODS,
+def sweep_variant(g, task, arg: str, methods: tuple[str, ...] = SWEEP_METHODS) -> bool:
+  """`<grid>:<task>:lr=<x>`: the grid's sweep cells at one learning rate — seed 0, `methods`,
   results under results/<domain>/sweep/<task>_lr<x>/ (judged on validation by research/sweep.py).
-  Returns whether `arg` asked for one."""
+  Students distil from the grid's own seed-0 teacher (train it first: the main grid), so a
+  student's rate is chosen against the teacher the table uses. Returns whether `arg` asked."""
   if not arg.startswith(f"{task.name}:lr="):
     return False
   lr = float(arg.split("=", 1)[1])
+  if "optim" not in task.run:
+    task.run.optim = ml_collections.ConfigDict()
   task.run.optim.lr = lr
   g.tasks = [task]
   g.seeds = (0,)
-  g.methods = SWEEP_METHODS
+  g.methods = methods
+  main_runs = g.runs_dir  # the grid's own runs: its seed-0 teacher at the task's rate
+  for m in methods:
+    spec = g.method_defs[m]
+    if "optim" in spec.run and "lr" in spec.run.optim:  # a method with its own rate: swept too
+      spec.run.optim.lr = lr
+    if spec.teachers:  # a student keeps the grid's teacher: only the student's rate varies
+      dirs = tuple(f"{main_runs}/{task.name}/{t}/seed0" for t in spec.teachers)
+      spec.run.distill.teacher = dirs[0] if len(dirs) == 1 else ""
+      spec.run.distill.teachers = dirs if len(dirs) > 1 else ()
+      spec.teachers = ()
   g.data_efficiency.enabled = False
   g.results_dir = f"results/{g.domain}/sweep/{task.name}_lr{lr:g}"
   g.runs_dir = f"runs/sweep/{g.domain}/{task.name}_lr{lr:g}"

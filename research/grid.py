@@ -81,6 +81,7 @@ def _cell(grid, task, method: str, seed: int, runs_dir: pathlib.Path, fraction: 
   c.data.label_fraction = fraction
   distils = bool(spec.teachers)
   _apply(c, spec.run)
+  _per_seed_files(c, seed)
   # A teacher-cut control needs its teacher for the init only: no loss reads the teacher outputs.
   reads_teacher = distils and "teacher" in losses_lib.required_outputs(c.distill.losses.to_dict())
   # Teacher and controls see only the labeled fraction, for the step budget of all labels (the
@@ -100,6 +101,18 @@ def _cell(grid, task, method: str, seed: int, runs_dir: pathlib.Path, fraction: 
   c.name = name
   c.workdir = str(runs_dir / name)
   return Cell(name=name, task=task.name, method=method, seed=seed, config=c, teachers=teachers)
+
+
+# Run-config paths a method may write with "{seed}": per-seed files made outside the grid from the
+# seed's teacher (its generated answers, its label logits).
+SEEDED_FIELDS = (("data", "answers"), ("distill", "teacher_logits"))
+
+
+def _per_seed_files(c: ml_collections.ConfigDict, seed: int) -> None:
+  for section, field in SEEDED_FIELDS:
+    value = c[section].get(field)
+    if isinstance(value, str) and "{seed}" in value:
+      c[section][field] = value.replace("{seed}", str(seed))
 
 
 def _series_of(grid, method: str) -> str:

@@ -184,3 +184,24 @@ def test_shared_method_knobs_reach_every_method_that_uses_them():
   g.methods_cfg.alpha = 0.8
   by = {c.method: c.config for c in grid_lib.cells(g)}
   assert by["kd_soft"].distill.losses.to_dict() == pytest.approx({"ce": 0.2, "kd_kl": 0.8})
+
+
+def test_the_llm_grid_reads_every_kd_row_against_a_control_of_the_same_cut():
+  """configs/llm_bfsi.py: decoder methods as data in the same grid; each student is cut from its
+  seed's SFT teacher and differs from the same-init control only in its losses (and data)."""
+  from configs import llm_bfsi
+  g = llm_bfsi.get_config()
+  cells = grid_lib.cells(g)
+  assert {c.method for c in cells} == set(g.methods) and {c.seed for c in cells} == {0, 1, 2}
+  by = {(c.method, c.seed): c for c in cells}
+  assert by[("sft_full", 0)].config.tags.is_teacher and g.latency is None
+  assert by[("sft_norm_only", 0)].config.mask.rule == "bitfit"
+  control = by[("control_teacher_init", 1)].config.to_dict()
+  assert control["distill"]["teacher"].endswith("phrasebank_allagree/sft_full/seed1")
+  seq = by[("seq_kd_smollm2", 1)].config
+  assert seq.data.answers.endswith("smollm2_sft_full_seed1.jsonl")  # the seed's own teacher
+  def cut(d):  # what makes the student: its init, model and optimiser (not its losses)
+    d = dict(d["distill"], model=d["model"], optim=d["optim"])
+    return {k: v for k, v in d.items() if k not in ("losses", "on_policy", "cache_top_k")}
+  for method in ("tok_kl", "tok_jsd", "tok_reverse_kl", "gkd_on_policy", "seq_kd_smollm2"):
+    assert cut(by[(method, 1)].config.to_dict()) == cut(control), method
