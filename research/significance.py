@@ -97,12 +97,12 @@ def compare_seeds(name: str, pairs: Sequence[tuple[tuple, tuple]], *, samples: i
   rng = np.random.default_rng(seed)
   ones = np.ones((1, n))
   w_boot = rng.multinomial(n, np.full(n, 1.0 / n), size=samples)
-  by_seed, diffs, boot = [], [], np.zeros(samples)
-  null = np.zeros(samples)
+  by_seed, diffs, boot, null = [], [], np.zeros(samples), np.zeros(samples)
   for (pa, y), (pb, _) in pairs:
     d = float(_diff(name, ones, (pa, y), (pb, y))[0])
-    ci = np.quantile(_diff(name, w_boot, (pa, y), (pb, y)), [0.025, 0.975])
-    boot += _diff(name, w_boot, (pa, y), (pb, y))
+    resampled = _diff(name, w_boot, (pa, y), (pb, y))  # the same resamples for every seed
+    ci = np.quantile(resampled, [0.025, 0.975])
+    boot += resampled
     null += _swapped(name, rng, (pa, y), (pb, y), samples)
     mc = paired.mcnemar_exact(np.all(pa == y, 1), np.all(pb == y, 1))
     by_seed.append({"diff": d, "ci_low": float(ci[0]), "ci_high": float(ci[1]),
@@ -190,11 +190,3 @@ def paired_rows(records: Sequence[dict[str, Any]], *, samples: int = SAMPLES,
     stats = compare_seeds(primary_metric(first), pairs, samples=samples)
     out[key] = {"vs": ref, "metric": primary_metric(first), **stats}
   return out
-
-
-def fmt(stats: dict[str, Any]) -> str:
-  """"+1.2 ± 0.4 pts [0.3, 2.1], p=0.004: beats" (points of the primary metric)."""
-  sd = f" ± {100 * stats['diff_std']:.1f}" if stats["n_seeds"] > 1 else ""
-  p = stats["p_value"]
-  return (f"{100 * stats['diff_mean']:+.1f}{sd} pts [{100 * stats['ci_low']:+.1f}, "
-          f"{100 * stats['ci_high']:+.1f}], p={p:.2g}, n={stats['n_seeds']}: {stats['verdict']}")
