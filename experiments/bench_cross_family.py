@@ -19,7 +19,6 @@ from absl import flags
 import numpy as np
 
 from experiments import cli
-from experiments import teacher_generate
 from research import cost
 from research import latency
 from research import zero_shot
@@ -52,7 +51,7 @@ def _teacher_inputs(tok, task, n: int) -> list[tuple[list[int], list[list[int]]]
 def main(argv):
   del argv
   task = zero_shot.load_task(_TASK.value)
-  tok, lm, _ = teacher_generate.load_teacher(_TEACHER.value, "float32")
+  tok, lm, _ = zero_shot.load_teacher(_TEACHER.value, "float32")
   inputs = _teacher_inputs(tok, task, _N.value)
   record = json.loads(pathlib.Path(_STUDENT.value).read_text())
   s_cfg, s_params, s_apply, make_batch = latency._classifier(record["model"], _SEQ.value)  # pylint: disable=protected-access

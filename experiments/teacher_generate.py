@@ -11,8 +11,6 @@ Writes one JSONL line per example ({id, answer, parsed}) as it goes and <out>.me
 decoding, parse rate); rerunning resumes. A student trains on it with --config.data.answers=<out>.
 """
 
-import json
-import pathlib
 
 from absl import flags
 
@@ -32,34 +30,12 @@ _CONTEXT = flags.DEFINE_integer("context_words", 200, "Words of a long context k
                                 "student's data.context_words must match).")
 
 
-class _ModelCfg:
-  prompt_buckets = (128, 192, 256, 384, 512, 768, 1024)
-  extra_slots, option_chunk = 32, 16
-
-  def __init__(self, dtype):
-    self.dtype = dtype
-
-
-def load_teacher(teacher: str, dtype: str):
-  """(tokenizer, DecoderLM, run fingerprint or "") of a run dir (best params) or a GGUF source."""
-  from research.checkpoints import gguf, gguf_tokenizer, store  # pylint: disable=g-import-not-at-top
-  p = pathlib.Path(teacher)
-  if not (p / "result.json").is_file():
-    return (*zero_shot.load_model(teacher, _ModelCfg(dtype)), "")
-  record = json.loads((p / "result.json").read_text())
-  params, cfg = store.load_run_params(p)
-  lm = zero_shot.DecoderLM(cfg.replace(dtype=dtype), params,
-                           prompt_buckets=_ModelCfg.prompt_buckets)
-  tok = gguf_tokenizer.load_tokenizer(gguf.resolve_gguf(record["config"]["model"]["source"]))
-  return tok, lm, record.get("fingerprint", "")
-
-
 def main(argv):
   del argv
   if not _TEACHER.value or not _OUT.value:
     raise ValueError("give --teacher (a run dir or GGUF source) and --out (a .jsonl path).")
   task = zero_shot.load_task(_TASK.value)
-  tok, lm, fp = load_teacher(_TEACHER.value, _DTYPE.value)
+  tok, lm, fp = zero_shot.load_teacher(_TEACHER.value, _DTYPE.value)
   examples = zero_shot.load_examples(task, _SPLIT.value, type("D", (), {
       "manual_dir": "", "data_dir": ""})())
   if _LIMIT.value > 0:

@@ -650,7 +650,7 @@ def _onnx_note(rs: Sequence[dict[str, Any]], onnx: dict[str, Any] | None) -> str
       f"median of {st['rounds']} rounds interleaved with the JAX forward" if st.get("rounds")
       else "") if x)
   n = "/".join(map(str, seeds))
-  return (f"ORT columns: the same best params exported to ONNX" + (f" ({tools})" if tools else "")
+  return ("ORT columns: the same best params exported to ONNX" + (f" ({tools})" if tools else "")
           + f" and run in ONNX Runtime on CPU ({doc.get('host_cpu') or 'host not recorded'}), f32 "
           "and dynamic int8" + (f"; {how}" if how else "") + "; int8 acc: test accuracy of the "
           "int8 model" + (f", mean over {n} seed(s)" if seeds else "")

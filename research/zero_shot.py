@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -428,6 +427,28 @@ def load_model(source: str, model_cfg: Any) -> tuple[gguf_tokenizer.GGUFTokenize
   lm = DecoderLM(cfg, params, prompt_buckets=model_cfg.prompt_buckets,
                  extra_slots=model_cfg.extra_slots, option_chunk=model_cfg.option_chunk)
   return gguf_tokenizer.load_tokenizer(path), lm
+
+
+class _ModelCfg:
+  """The DecoderLM settings a teacher is loaded with (prompt buckets, cache slots, chunking)."""
+  prompt_buckets = (128, 192, 256, 384, 512, 768, 1024)
+  extra_slots, option_chunk = 32, 16
+
+  def __init__(self, dtype):
+    self.dtype = dtype
+
+
+def load_teacher(teacher: str, dtype: str):
+  """(tokenizer, DecoderLM, run fingerprint or "") of a run dir (best params) or a GGUF source."""
+  from research.checkpoints import gguf, store  # pylint: disable=g-import-not-at-top
+  p = pathlib.Path(teacher)
+  if not (p / "result.json").is_file():
+    return (*load_model(teacher, _ModelCfg(dtype)), "")
+  record = json.loads((p / "result.json").read_text())
+  params, cfg = store.load_run_params(p)
+  lm = DecoderLM(cfg.replace(dtype=dtype), params, prompt_buckets=_ModelCfg.prompt_buckets)
+  tok = gguf_tokenizer.load_tokenizer(gguf.resolve_gguf(record["config"]["model"]["source"]))
+  return tok, lm, record.get("fingerprint", "")
 
 
 def slug(text: str) -> str:
