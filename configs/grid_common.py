@@ -170,7 +170,7 @@ def sweep_variant(g, task, arg: str, methods: tuple[str, ...] = SWEEP_METHODS) -
   g.seeds = (0,)
   g.methods = methods
   main_runs = g.runs_dir  # the grid's own runs: its seed-0 teacher at the task's rate
-  for m in methods:
+  for m in g.method_defs:  # every method (--config.methods may pick others than `methods`)
     spec = g.method_defs[m]
     if "optim" in spec.run and "lr" in spec.run.optim:  # a method with its own rate: swept too
       spec.run.optim.lr = lr

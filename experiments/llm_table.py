@@ -11,7 +11,10 @@ against the same-init control (same teacher, same seed) on the same test example
 accuracy and macro-F1 difference), retention of the teacher's primary metric, params, checkpoint
 MB, and batch-1 prefill / greedy decode tokens/s of every model shape timed in one process,
 interleaved over --rounds rounds (median; random weights of each shape, speed does not depend on
-them). Writes table.md, table.csv and records.json under --out.
+them). With --generation_tokens=N, each run also answers every test prompt greedily (N tokens) and
+the parsed answers give generation accuracy / macro-F1 and the unparseable rate
+(research/zero_shot.py's evaluate_cell, the zero-shot table's rule). Writes table.md, table.csv and
+records.json under --out.
 """
 
 import csv
@@ -41,6 +44,9 @@ _RUNS = flags.DEFINE_list("runs", [], "Other run dirs (students).")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds.")
 _NEW = flags.DEFINE_integer("new_tokens", 32, "Decode tokens timed per round.")
 _PROMPT = flags.DEFINE_integer("prompt_len", 128, "Prefill tokens timed per round.")
+_GENERATION = flags.DEFINE_integer("generation_tokens", 0, "> 0: also each run's generation "
+                                   "accuracy on test (greedy answers of up to this many tokens, "
+                                   "parsed to a label; unparseable counts wrong).")
 
 
 def test_predictions(run_dir: str) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -64,6 +70,21 @@ def test_predictions(run_dir: str) -> tuple[dict, np.ndarray, np.ndarray]:
     raise ValueError(f"{run_dir}: recomputed test accuracy {paired.accuracy(pred, labels)} != "
                      f"the record's {want}; the run dir changed after its record was written.")
   return record, pred, labels
+
+
+def generation_metrics(run_dir: str, record: dict, max_new_tokens: int) -> dict:
+  """Generation accuracy on test of a run's best params (greedy, parsed; unparseable = wrong)."""
+  from research import zero_shot  # pylint: disable=g-import-not-at-top
+  tok, lm, _ = zero_shot.load_teacher(run_dir, record["config"]["model"]["dtype"])
+  task = zero_shot.load_task(record["config"]["tags"]["task"] or "phrasebank_allagree")
+  data = ml_collections.ConfigDict(record["config"]["data"])
+  test, train = (zero_shot.load_examples(task, s, data) for s in ("test", "train"))
+  out = zero_shot.evaluate_cell(lm, tok, task, test, train, k=0, seed=0,
+                                context_words=data.context_words, max_new_tokens=max_new_tokens,
+                                progress=False)["metrics"]
+  return {"gen_accuracy": out["generation"]["accuracy"], "gen_macro_f1": out["generation"]["macro_f1"],
+          "gen_unparseable_rate": out["generation"]["unparseable_rate"],
+          "gen_scoring_accuracy": out["scoring"]["accuracy"]}
 
 
 def time_shapes(shapes: dict[str, decoder.DecoderConfig]) -> dict[str, dict]:
@@ -154,6 +175,8 @@ def main(argv):
     r["speedup_vs_teacher"] = (speed[key]["decode_tok_s"]
                                / speed[shape_key(own["model"])]["decode_tok_s"])
     r["run_dir"] = d
+    if _GENERATION.value > 0:
+      r.update(generation_metrics(d, rec, _GENERATION.value))
     rows.append(r)
   write(rows, speed, pathlib.Path(_OUT.value))
 
@@ -165,7 +188,8 @@ def write(rows, speed, out: pathlib.Path) -> None:
     w = csv.DictWriter(f, fieldnames=keys)
     w.writeheader()
     w.writerows(rows)
-  cols = ["method", "layers", "seed", "test_accuracy", "test_macro_f1", "retention_vs_teacher",
+  gen = ["gen_accuracy", "gen_unparseable_rate"] if any("gen_accuracy" in r for r in rows) else []
+  cols = ["method", "layers", "seed", "test_accuracy", "test_macro_f1", *gen, "retention_vs_teacher",
           "vs_control", "paired_diff_acc", "paired_diff_ci_low", "paired_diff_ci_high",
           "paired_p_value", "decode_tok_s", "speedup_vs_teacher", "prefill_tok_s", "params",
           "checkpoint_mb", "labeled_examples", "validation_labels", "teacher_generated_examples",
