@@ -600,8 +600,9 @@ LEGEND = """\
 - **vs reference (paired)**: a KD row against the control of its own init, trained on ground truth
   only with the same epochs — `control_teacher_init` for students cut from the teacher,
   `control_pretrained_init` for students from the pretrained model (a cross-family teacher): the
-  teacher's targets are the one difference; last-k, head-only,
-  BitFit and LoRA against `finetune_full`. Per seed the same test examples are paired; shown: mean
+  teacher's targets are the one difference; `control_teacher_init` against
+  `control_pretrained_init` (what starting from the teacher's layers alone gives); last-k,
+  head-only, BitFit and LoRA against `finetune_full`. Per seed the same test examples are paired; shown: mean
   ± std over seeds of the difference in the primary metric (points), and the verdict: "beats" /
   "below" when the 95% paired-bootstrap interval of the seed-mean difference excludes 0 and every
   seed agrees in sign, else "level"; p: approximate randomisation test (research/significance.py;

@@ -28,8 +28,10 @@ from research import paired
 SAME_INIT_CONTROL = "control_teacher_init"
 PRETRAINED_INIT_CONTROL = "control_pretrained_init"  # for students that start from the pretrained model
 # Fine-tunes read against full fine-tuning of the same model (last-k vs full, PEFT vs full).
+# The teacher-cut control against the pretrained-init one: what the teacher's layers alone give.
 REFERENCE = {"finetune_last_k": "finetune_full", "head_only": "finetune_full",
-             "bitfit": "finetune_full", "lora": "finetune_full"}
+             "bitfit": "finetune_full", "lora": "finetune_full",
+             SAME_INIT_CONTROL: "control_pretrained_init"}
 # Data-efficiency series compared at each label fraction: student vs the same-init control.
 SERIES_REFERENCE = {"student": "control"}
 SAMPLES = 2000
