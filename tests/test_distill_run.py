@@ -281,6 +281,15 @@ def test_teacher_logits_that_miss_train_ids_or_name_other_labels_are_refused(tmp
                        label_names=[f"x{i}" for i in range(c)])
   with pytest.raises(ValueError, match="labels .* != the task's"):
     train.run(_logits_student(tmp_path / "b", other))
+  teacher = tmp_path / "teacher"
+  teacher.mkdir()
+  (teacher / "result.json").write_text(json.dumps({"fingerprint": "retrained"}))
+  stale = tmp_path / "stale.npz"
+  with np.load(short) as f:
+    np.savez(stale, ids=f["ids"], logits=f["logits"], meta=json.dumps(
+        {"teacher_dir": str(teacher), "teacher_fingerprint": "first"}))
+  with pytest.raises(ValueError, match="rebuild the file"):
+    train.run(_logits_student(tmp_path / "d", stale))
   bad = _logits_student(tmp_path / "c", other)
   bad.distill.student_init = "layers"
   with pytest.raises(ValueError, match="student_init=fresh"):

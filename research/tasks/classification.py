@@ -8,6 +8,8 @@ metrics are accuracy, macro-F1 and a per-class report (research/metrics.py).
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 from typing import Any, Mapping
 
 import jax
@@ -158,7 +160,6 @@ class TeacherLabelLogits:
   @classmethod
   def load(cls, path: str, ids: tuple[str, ...], label_names: tuple[str, ...]
            ) -> "TeacherLabelLogits":
-    import json  # pylint: disable=g-import-not-at-top
     with np.load(path) as f:
       file_ids, logits = [str(x) for x in f["ids"]], np.asarray(f["logits"], np.float32)
       meta = json.loads(str(f["meta"]))
@@ -166,6 +167,14 @@ class TeacherLabelLogits:
     if names and tuple(n.lower() for n in names) != tuple(n.lower() for n in label_names):
       raise ValueError(f"distill.teacher_logits {path}: labels {names} != the task's "
                        f"{label_names}; build the file for this task.")
+    teacher = pathlib.Path(str(meta.get("teacher_dir", "")), "result.json")
+    if meta.get("teacher_fingerprint") and teacher.is_file():
+      now = json.loads(teacher.read_text()).get("fingerprint")
+      if now != meta["teacher_fingerprint"]:
+        raise ValueError(f"distill.teacher_logits {path}: made from teacher run "
+                         f"{meta['teacher_dir']} with fingerprint {meta['teacher_fingerprint']}, "
+                         f"which now holds {now}; rebuild the file "
+                         "(experiments/teacher_label_logits.py).")
     pos = {i: k for k, i in enumerate(file_ids)}
     missing = [i for i in ids if str(i) not in pos]
     if missing:
