@@ -166,6 +166,7 @@ def sweep_variant(g, task, arg: str, methods: tuple[str, ...] = SWEEP_METHODS) -
   if "optim" not in task.run:
     task.run.optim = ml_collections.ConfigDict()
   task.run.optim.lr = lr
+  task.method_lr = ml_collections.ConfigDict()  # the sweep tries `lr` on every method
   g.tasks = [task]
   g.seeds = (0,)
   g.methods = methods

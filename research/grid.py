@@ -82,6 +82,10 @@ def _cell(grid, task, method: str, seed: int, runs_dir: pathlib.Path, fraction: 
   distils = bool(spec.teachers)
   _apply(c, spec.run)
   _per_seed_files(c, seed)
+  # A task's per-method learning rates (its validation sweep's choice, full-label cells only).
+  swept = (task.get("method_lr") or {}).get(method)
+  if swept and not series:
+    c.optim.lr = float(swept)
   # A teacher-cut control needs its teacher for the init only: no loss reads the teacher outputs.
   reads_teacher = distils and "teacher" in losses_lib.required_outputs(c.distill.losses.to_dict())
   # Teacher and controls see only the labeled fraction, for the step budget of all labels (the

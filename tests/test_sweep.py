@@ -44,3 +44,14 @@ def test_a_sweep_cell_is_the_grid_cell_at_another_rate():
       d["optim"].pop("lr")
       d["distill"].pop("teacher")
     assert a == b, c.method
+
+
+def test_a_tasks_swept_rates_set_those_rows_only():
+  """configs/bfsi.py: the sweep's choices (method_lr) set their rows' rate in the full-label cells;
+  data-efficiency cells and the sweep cells keep their own."""
+  g = bfsi.get_config("phrasebank")
+  lr = {(c.method, bool(c.config.tags.series)): c.config.optim.lr for c in grid_lib.cells(g)}
+  assert lr[("control_pretrained_init", False)] == lr[("kd_soft_smollm2_encoder", False)] == 2e-4
+  assert lr[("control_pretrained_init", True)] == lr[("kd_soft", False)] == 1e-4
+  sweep_cells = grid_lib.cells(bfsi.get_config("phrasebank_allagree:lr=5e-5"))
+  assert {c.config.optim.lr for c in sweep_cells} == {5e-5}
