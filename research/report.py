@@ -800,7 +800,7 @@ def _kd_regimes(diffs: Sequence[dict[str, Any]]) -> str:
   losses = [d for d in diffs if d["diff_mean"] <= 0]
   parts = []
   if wins:
-    parts.append("beats the same-size control at " + "; ".join(pts(d) for d in wins))
+    parts.append("beats the control at " + "; ".join(pts(d) for d in wins))
   if losses:
     parts.append("does not at " + "; ".join(pts(d) for d in losses))
   return " and ".join(parts)
@@ -951,6 +951,7 @@ def summary(records: Sequence[dict[str, Any]]) -> str:
   """Plain-language findings computed from the records: retention/speed-up, KD vs control regime."""
   rows = aggregate(records)
   diffs = kd_vs_control(records)
+  paired = significance.paired_rows(records, series_of=lambda r: MAIN_RUN_SERIES.get(r["method"]))
   lines = ["## Summary", ""]
   tasks = sorted(set(_tasks(rows)) | {(d["domain"], d["task"]) for d in diffs})
   for domain, task in tasks:
@@ -987,6 +988,12 @@ def summary(records: Sequence[dict[str, Any]]) -> str:
       lines.append(f"- **{domain}/{task}**, data efficiency, KD student vs the same-init control "
                    f"(test {task_diffs[0]['metric']}, student − control): KD "
                    f"{_kd_regimes(task_diffs)}.")
+      for (d, t, name, frac), st in sorted(paired.items()):
+        if (d, t, name) == (domain, task, "student") and frac < 1.0:
+          lines.append(f"  - {_fmt_frac(frac)}, paired over {st['n_seeds']} seed(s): "
+                       f"**{st['verdict']}**, {100 * st['diff_mean']:+.1f} pts, 95% CI "
+                       f"[{100 * st['ci_low']:+.1f}, {100 * st['ci_high']:+.1f}], "
+                       f"p = {st['p_value']:.2g}.")
   if not diffs:
     lines.append("- No data-efficiency runs (records with `series` student and control), so no "
                  "statement on when KD beats the control.")
