@@ -35,9 +35,13 @@ def collect(results_dir: str | pathlib.Path) -> list[dict[str, Any]]:
 
 def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """One row per (task, method, lr): the best validation score, its step and epoch."""
-  out = []
+  out, seen = [], set()
   for r in records:
     cfg = r.get("config") or {}
+    key = (r["task"], r["method"], float(cfg["optim"]["lr"]))
+    if key in seen:  # one run in two places (a sweep record adopted as the grid's cell)
+      continue
+    seen.add(key)
     metric = significance.primary_metric(r)
     best = (r.get("metrics") or {}).get("best_validation") or {}
     if metric not in best:
