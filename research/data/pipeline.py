@@ -15,7 +15,7 @@ Multi-host: every process builds the same global batch plan and keeps rows
 [process_index * B / process_count, (process_index + 1) * B / process_count) of each global batch.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dataclasses
@@ -291,6 +291,24 @@ class TrainIterator:
     if self.step == self.steps_per_epoch:
       self.epoch, self.step = self.epoch + 1, 0
     return host_slice(batch, self.process_index, self.process_count)
+
+
+class MappedBatches:
+  """A train iterator whose batches pass through `fn` (a task's renames, its cached teacher
+  outputs looked up by row index); `position` stays the wrapped iterator's, so it resumes."""
+
+  def __init__(self, it: TrainIterator, fn: Callable[[Batch], Batch]):
+    self._it, self._fn = it, fn
+
+  @property
+  def position(self) -> dict[str, int]:
+    return self._it.position
+
+  def __iter__(self) -> "MappedBatches":
+    return self
+
+  def __next__(self) -> Batch:
+    return self._fn(next(self._it))
 
 
 def label_fraction(records: Sequence[dict[str, Any]], fraction: float,

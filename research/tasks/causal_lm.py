@@ -106,25 +106,14 @@ def _rows(tok, task: prompts.PromptTask, examples: Sequence[dict], *, max_length
   return _Rows(split, np.asarray(ex_of), np.asarray(opt_of), labels)
 
 
-class _Renamed:
-  """Batches with the answer mask under `loss_mask` (the pipeline calls it token_type_ids), and
-  the cached teacher's top-k (when one is attached) looked up by row index."""
-
-  def __init__(self, it, cache: "token_cache.TeacherTopK | None" = None):
-    self._it, self._cache = it, cache
-
-  @property
-  def position(self):
-    return self._it.position
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    batch = _rename(next(self._it))
-    if self._cache is not None:
-      batch.update(self._cache.lookup(batch["index"]))
+def _with_teacher(cache: "token_cache.TeacherTopK | None"):
+  """Train batches renamed, with the cached teacher's top-k (when attached) by row index."""
+  def fn(batch):
+    batch = _rename(batch)
+    if cache is not None:
+      batch.update(cache.lookup(batch["index"]))
     return batch
+  return fn
 
 
 def _rename(batch: dict) -> dict:
@@ -196,11 +185,10 @@ class CausalLMTask:
     self.full_train_size = full_train_size or len(self.splits["train"])
 
   def train_batches(self, *, batch_size: int, seed: int, epoch: int = 0, step: int = 0):
-    return _Renamed(pipeline.TrainIterator(self.splits["train"], batch_size, self.buckets,
-                                           seed=seed, epoch=epoch, step=step,
-                                           process_index=jax.process_index(),
-                                           process_count=jax.process_count()),
-                    self.teacher_cache)
+    it = pipeline.TrainIterator(self.splits["train"], batch_size, self.buckets, seed=seed,
+                                epoch=epoch, step=step, process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    return pipeline.MappedBatches(it, _with_teacher(self.teacher_cache))
 
   def eval_batches(self, split: str, batch_size: int, all_rows: bool = False):
     """Every row of `split` once; this process's slice of each batch (`all_rows`: every row)."""

@@ -95,7 +95,10 @@ class ClassificationTask:
   def train_batches(self, *, batch_size: int, seed: int, epoch: int = 0, step: int = 0):
     it = pipeline.TrainIterator(self.splits["train"], batch_size, self.buckets, seed=seed,
                                 epoch=epoch, step=step, **self._proc)
-    return it if self.teacher_cache is None else _WithTeacherLogits(it, self.teacher_cache)
+    cache = self.teacher_cache
+    if cache is None:
+      return it
+    return pipeline.MappedBatches(it, lambda b: {**b, "teacher_logits": cache.lookup(b["index"])})
 
   def attach_teacher(self, kd_setup: Any, config: Any) -> bool:
     """distill.teacher_logits: the precomputed teacher logits ride in the train batches."""
@@ -186,25 +189,6 @@ class TeacherLabelLogits:
 
   def lookup(self, index_B: np.ndarray) -> np.ndarray:
     return self.logits_NxC[np.clip(np.asarray(index_B, np.int64), 0, len(self.logits_NxC) - 1)]
-
-
-class _WithTeacherLogits:
-  """Train batches with the attached teacher logits under "teacher_logits" (by row index)."""
-
-  def __init__(self, it, cache: TeacherLabelLogits):
-    self._it, self._cache = it, cache
-
-  @property
-  def position(self):
-    return self._it.position
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    batch = dict(next(self._it))
-    batch["teacher_logits"] = self._cache.lookup(batch["index"])
-    return batch
 
 
 def loss_fn(apply: Apply, *, multilabel: bool = False, label_smoothing: float = 0.0) -> LossFn:
