@@ -376,6 +376,13 @@ def _student(config, loaded, *, num_labels: int, rng) -> tuple[Any, Any]:
   raise ValueError(f"distill.student_init={d.student_init!r}; use 'layers' or 'fresh'.")
 
 
+def _run_settings(s_cfg, config):
+  """The student's config with the run's dtype and dropout (decoders have no dropout)."""
+  dropout = {f: config.model.dropout for f in ("hidden_dropout", "attention_dropout")
+             if hasattr(s_cfg, f)}
+  return _replace(s_cfg, dtype=config.model.dtype, **dropout)
+
+
 def build_setup(config, *, num_labels: int, rng) -> DistillSetup:
   """Loads the teachers, builds the student and checks everything before any training.
 
@@ -389,9 +396,7 @@ def build_setup(config, *, num_labels: int, rng) -> DistillSetup:
   family = registry.get_family(config.model.family)
   t_cfgs = tuple(_replace(c, dtype=config.model.dtype) for _, c in loaded)
   params, s_cfg = _student(config, loaded, num_labels=num_labels, rng=rng)
-  dropout = {f: config.model.dropout for f in ("hidden_dropout", "attention_dropout")
-             if hasattr(s_cfg, f)}  # decoders have no dropout
-  s_cfg = _replace(s_cfg, dtype=config.model.dtype, **dropout)
+  s_cfg = _run_settings(s_cfg, config)
   for c in t_cfgs[1:]:
     check_compatible(s_cfg, c)
   weights = check_setup(student_cfg=s_cfg, teacher_cfg=t_cfgs[0], losses=d.losses.to_dict(),
@@ -419,9 +424,7 @@ def _logits_setup(config, *, num_labels: int, rng) -> DistillSetup:
     raise ValueError("distill.teacher_logits brings no teacher weights to cut layers from; set "
                      "distill.student_init=fresh (config.model, its layers, is the student).")
   params, s_cfg = _student(config, [], num_labels=num_labels, rng=rng)
-  dropout = {f: config.model.dropout for f in ("hidden_dropout", "attention_dropout")
-             if hasattr(s_cfg, f)}
-  s_cfg = _replace(s_cfg, dtype=config.model.dtype, **dropout)
+  s_cfg = _run_settings(s_cfg, config)
   weights = losses_lib.check_loss_weights(d.losses.to_dict())
   if losses_lib.required_outputs(weights) & {"hidden_states", "attentions"}:
     raise ValueError(f"distill.teacher_logits serve logit losses only; drop the hidden-state and "
