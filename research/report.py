@@ -333,16 +333,10 @@ def aggregate(records: Sequence[dict[str, Any]],
 
 
 def _init(rec: dict[str, Any]) -> str:
-  """Where a row's weights started (records before issue 15: from kind and student_init)."""
-  if rec.get("init") == "fresh":  # written so for a while: config.model says which
-    return "random" if _get(rec, "config.model.random_init") else "pretrained"
-  if rec.get("init"):
-    return str(rec["init"])
-  if _kind(rec) == BASELINE:
+  """Where a row's weights started ("" for a baseline, which has none)."""
+  if not rec.get("init") and _kind(rec) == BASELINE:
     return ""
-  if _get(rec, "config.distill.teacher") or _get(rec, "config.distill.teachers"):
-    return "teacher_layers" if _get(rec, "config.distill.student_init") == "layers" else "fresh"
-  return "random" if _get(rec, "config.model.random_init") else "pretrained"
+  return significance.init_of(rec)
 
 
 def _paired_fields(stats: dict[str, Any] | None) -> dict[str, Any]:
@@ -666,13 +660,31 @@ def _fmt_labels(r: dict[str, Any]) -> str:
   return f"{fmt_count(r['labeled_examples'])}{val} / {fmt_count(r['unlabeled_examples'])}"
 
 
+def _fmt_pts(mean: float, std: float, n: int) -> str:
+  """A paired difference in points: "+1.2 ± 0.4 pts" (no spread for one seed)."""
+  return f"{100 * mean:+.1f}" + (f" ± {100 * std:.1f}" if n > 1 else "") + " pts"
+
+
+def _fmt_test(st: dict[str, Any]) -> str:
+  """A research/significance.py result: "**level**, +0.1 ± 0.7 pts over 3 seed(s), 95% CI [...]"."""
+  return (f"**{st['verdict']}**, {_fmt_pts(st['diff_mean'], st['diff_std'], st['n_seeds'])} over "
+          f"{st['n_seeds']} seed(s), 95% CI [{100 * st['ci_low']:+.1f}, "
+          f"{100 * st['ci_high']:+.1f}], p = {st['p_value']:.2g}")
+
+
+def _row_test(r: dict[str, Any]) -> dict[str, Any]:
+  """A table row's paired columns as a significance result."""
+  return {k: r[f"paired_{k}"] for k in ("verdict", "n_seeds", "p_value")} | {
+      "diff_mean": r["paired_diff_mean"], "diff_std": r["paired_diff_std"],
+      "ci_low": r["paired_diff_ci_low"], "ci_high": r["paired_diff_ci_high"]}
+
+
 def _fmt_paired(r: dict[str, Any]) -> str:
   """"+1.2 ± 0.4 vs control_teacher_init: beats (p 0.003)" or "–"."""
   if not r.get("vs_control"):
     return "–"
-  sd = f" ± {100 * r['paired_diff_std']:.1f}" if r["paired_n_seeds"] > 1 else ""
-  return (f"{100 * r['paired_diff_mean']:+.1f}{sd} pts vs {r['vs_control']}: "
-          f"**{r['paired_verdict']}** (p {r['paired_p_value']:.2g})")
+  return (f"{_fmt_pts(r['paired_diff_mean'], r['paired_diff_std'], r['paired_n_seeds'])} vs "
+          f"{r['vs_control']}: **{r['paired_verdict']}** (p {r['paired_p_value']:.2g})")
 
 
 def table_markdown(rows: Sequence[dict[str, Any]], summary_text: str = "",
@@ -938,12 +950,8 @@ def _paired_lines(rs: Sequence[dict[str, Any]], domain: str, task: str) -> list[
   for r in rs:
     if not r.get("vs_control"):
       continue
-    ci = (f"[{100 * r['paired_diff_ci_low']:+.1f}, {100 * r['paired_diff_ci_high']:+.1f}]")
-    sd = f" ± {100 * r['paired_diff_std']:.1f}" if r["paired_n_seeds"] > 1 else ""
     out.append(f"- **{domain}/{task}**, {r['method']} vs {r['vs_control']} (paired, test "
-               f"{_metric_name(r)}): **{r['paired_verdict']}**, "
-               f"{100 * r['paired_diff_mean']:+.1f}{sd} pts over {r['paired_n_seeds']} seed(s), "
-               f"95% CI {ci}, p = {r['paired_p_value']:.2g}.")
+               f"{_metric_name(r)}): {_fmt_test(_row_test(r))}.")
   return out
 
 
@@ -994,10 +1002,7 @@ def summary(records: Sequence[dict[str, Any]]) -> str:
       else:  # the verdicts come from the paired tests, not from the raw gaps
         lines.append(f"- **{domain}/{task}**, data efficiency, KD student vs the same-init control "
                      f"(paired, test {task_diffs[0]['metric']}):")
-        lines += [f"  - {_fmt_frac(frac)}: **{st['verdict']}**, {100 * st['diff_mean']:+.1f}"
-                  + (f" ± {100 * st['diff_std']:.1f}" if st["n_seeds"] > 1 else "")
-                  + f" pts over {st['n_seeds']} seed(s), 95% CI [{100 * st['ci_low']:+.1f}, "
-                  f"{100 * st['ci_high']:+.1f}], p = {st['p_value']:.2g}." for frac, st in tested]
+        lines += [f"  - {_fmt_frac(frac)}: {_fmt_test(st)}." for frac, st in tested]
   if not diffs:
     lines.append("- No data-efficiency runs (records with `series` student and control), so no "
                  "statement on when KD beats the control.")

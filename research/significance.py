@@ -155,9 +155,23 @@ def _reference(name: str, rec: dict[str, Any]) -> str | None:
   if rec.get("kind") != "distill" or rec.get("series"):
     return None
   # The control of the KD row's own initialisation: cut from the teacher, or the pretrained model.
-  init = rec.get("init") or ("teacher_layers" if ((rec.get("config") or {}).get("distill") or {})
-                             .get("student_init", "layers") == "layers" else "pretrained")
-  return SAME_INIT_CONTROL if init == "teacher_layers" else PRETRAINED_INIT_CONTROL
+  return SAME_INIT_CONTROL if init_of(rec) == "teacher_layers" else PRETRAINED_INIT_CONTROL
+
+
+def init_of(rec: dict[str, Any]) -> str:
+  """Where a record's trained weights started: "teacher_layers", "pretrained" or "random".
+
+  Records before issue 15 have no `init` (their config says it), and some wrote "fresh" (a
+  student built from config.model: pretrained or random as that says).
+  """
+  cfg = rec.get("config") or {}
+  d, model = cfg.get("distill") or {}, cfg.get("model") or {}
+  if rec.get("init") not in (None, "", "fresh"):
+    return str(rec["init"])
+  teacher = d.get("teacher") or d.get("teachers") or rec.get("kind") == "distill"
+  if not rec.get("init") and teacher and d.get("student_init", "layers") == "layers":
+    return "teacher_layers"
+  return "random" if model.get("random_init") else "pretrained"
 
 
 def paired_rows(records: Sequence[dict[str, Any]], *, samples: int = SAMPLES,
