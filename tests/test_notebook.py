@@ -23,5 +23,5 @@ def test_compare_notebook_runs(tmp_path):
   assert len(images) == 2
   markdown = "".join(o["data"]["text/markdown"] for o in outputs
                      if "text/markdown" in o.get("data", {}))
-  assert "Comparison table" in markdown and "KD beats the same-size control" in markdown
+  assert "Comparison table" in markdown and "KD beats the control" in markdown
   assert (tmp_path / "report" / "table.csv").exists()
