@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.models import precision
+
 Array = jax.Array
 Params = dict[str, Any]
 
@@ -223,11 +225,6 @@ def init_cache(cfg: DecoderConfig, batch: int, max_len: int, dtype: Any = None) 
 # ---------------------------------------------------------------------------------------------
 # Modules.
 
-def _mm(x: Array, w: Array, dtype: Any) -> Array:
-  """x @ w with inputs in `dtype` and float32 accumulation/output."""
-  return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
-
-
 class Dense(nn.Module):
   """Dense layer, f32 params (kernel in×out), compute in `dtype`, f32 output."""
   features: int
@@ -239,7 +236,7 @@ class Dense(nn.Module):
   def __call__(self, x: Array) -> Array:
     kernel = self.param("kernel", nn.initializers.normal(self.init_std),
                         (x.shape[-1], self.features), jnp.float32)
-    y = _mm(x, kernel, self.dtype)
+    y = precision.matmul(x, kernel, self.dtype)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     return y

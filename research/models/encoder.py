@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.models import precision
 from research.models.layout import Layout
 
 Array = jax.Array
@@ -124,11 +125,6 @@ class EncoderConfig:
     }
 
 
-def _mm(x: Array, w: Array, dtype: Any) -> Array:
-  """x @ w with inputs in `dtype` and float32 accumulation/output."""
-  return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
-
-
 class Dense(nn.Module):
   """Dense layer with f32 params (kernel in×out), compute in `dtype`, f32 output."""
   features: int
@@ -140,7 +136,7 @@ class Dense(nn.Module):
     kernel = self.param("kernel", nn.initializers.normal(self.init_std),
                         (x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    return _mm(x, kernel, self.dtype) + bias
+    return precision.matmul(x, kernel, self.dtype) + bias
 
 
 def _layer_norm(cfg: EncoderConfig, name: str) -> nn.LayerNorm:
@@ -182,17 +178,20 @@ class SelfAttention(nn.Module):
     dt = cfg.compute_dtype
     dense = lambda name: Dense(cfg.hidden_size, dt, cfg.initializer_range, name=name)
     B, L, _ = h_BxLxD.shape
-    split = lambda x: x.reshape(B, L, cfg.num_heads, cfg.head_dim).astype(dt)
-    q_BxLxHxK = split(dense("query")(h_BxLxD))
-    k_BxLxHxK = split(dense("key")(h_BxLxD))
-    v_BxLxHxK = split(dense("value")(h_BxLxD))
-    scores_BxHxLxL = jnp.einsum("bqhk,bshk->bhqs", q_BxLxHxK, k_BxLxHxK,
+    # Heads moved ahead of the sequence (B×H×L×K): batched dots with leading batch dims ran
+    # 1.5-2x faster on XLA:CPU than contracting the B×L×H×K layout in place.
+    split = lambda x: x.reshape(B, L, cfg.num_heads, cfg.head_dim).transpose(0, 2, 1, 3).astype(dt)
+    q_BxHxLxK = split(dense("query")(h_BxLxD))
+    k_BxHxLxK = split(dense("key")(h_BxLxD))
+    v_BxHxLxK = split(dense("value")(h_BxLxD))
+    scores_BxHxLxL = jnp.einsum("bhqk,bhsk->bhqs", q_BxHxLxK, k_BxHxLxK,
                                 preferred_element_type=jnp.float32)
     scores_BxHxLxL = scores_BxHxLxL * (cfg.head_dim ** -0.5) + bias_Bx1x1xL
     probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL, axis=-1)
     dropped = nn.Dropout(cfg.attention_dropout)(probs_BxHxLxL, deterministic=deterministic)
-    ctx_BxLxHxK = jnp.einsum("bhqs,bshk->bqhk", dropped.astype(dt), v_BxLxHxK,
+    ctx_BxHxLxK = jnp.einsum("bhqs,bhsk->bhqk", dropped.astype(dt), v_BxHxLxK,
                              preferred_element_type=jnp.float32)
+    ctx_BxLxHxK = ctx_BxHxLxK.transpose(0, 2, 1, 3)
     out_BxLxD = dense("out")(ctx_BxLxHxK.reshape(B, L, cfg.hidden_size))
     return out_BxLxD, probs_BxHxLxL
 
