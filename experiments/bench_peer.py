@@ -12,9 +12,11 @@ numbers depend on the machine and on what else runs on it.
 """
 
 import dataclasses
+import gzip
 import json
 import os
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -28,7 +30,6 @@ import jax
 import numpy as np
 
 from configs import common
-from research import cost
 from research import distill
 from research import latency
 from research import masking
@@ -48,11 +49,15 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Timed training steps and inference b
 _WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed calls after compilation.")
 _PEER = flags.DEFINE_string("peer", str(ROOT.parent / "shared" / "bench" / "peer_torch.py"),
                             "The peer benchmark script; '' skips it.")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "Alternate ours / peer this many times; the JSON keeps "
+                               "every round and reports the medians (robust on a shared VM).")
+_PROFILE = flags.DEFINE_bool("profile", False, "Also profile our train step (jax.profiler) and write "
+                             "its time per XLA op kind to <stem>_profile.json.")
 _OUT = flags.DEFINE_string("out", str(ROOT / "results" / "bench"), "Output folder.")
 
 
-def ours() -> dict:
-  """Our route: full fine-tuning step under jit, then inference (research.cost benchmark)."""
+def _setup():
+  """Our full fine-tuning step under jit, its state and one random batch."""
   dtype = {"f32": "float32", "bf16": "bfloat16"}[_DTYPE.value]
   model, params, cfg = registry.build_model("bert", _SOURCE.value, num_labels=_LABELS.value,
                                             dtype=dtype)
@@ -71,6 +76,13 @@ def ours() -> dict:
            "token_type_ids": np.zeros((b, s), np.int32),
            "label": rng.integers(0, _LABELS.value, (b,)).astype(np.int32),
            "valid": np.ones((b,), np.float32)}
+  return step, state, batch, cfg, params
+
+
+def ours() -> dict:
+  """Our route: full fine-tuning step under jit, then inference (research.cost benchmark)."""
+  step, state, batch, cfg, params = _setup()
+  b, s = _BATCH.value, _SEQ.value
   for _ in range(1 + _WARMUP.value):  # the first call compiles
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
@@ -89,6 +101,49 @@ def ours() -> dict:
           "train_examples_per_s": b / statistics.median(times),
           "infer_examples_per_s": infer["throughput_eps"],
           "latency_b1_ms_p50": infer["batch1_p50_ms"]}
+
+
+_TIMED = ("train_examples_per_s", "infer_examples_per_s", "latency_b1_ms_p50")
+
+
+def profile(steps: int = 5) -> dict:
+  """Time per XLA op kind of our train step: a jax.profiler trace of `steps` steps, its
+  perfetto events grouped by op name without the numeric suffix (ynn_fusion = YNNPACK dots)."""
+  step, state, batch, _, _ = _setup()
+  for _ in range(1 + _WARMUP.value):
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+      for _ in range(steps):
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+    trace = next(pathlib.Path(tmp).rglob("*.trace.json.gz"))
+    events = json.loads(gzip.decompress(trace.read_bytes()))
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  kinds: dict[str, list[float]] = {}
+  wrappers = ("ThunkExecutor", "$", "PjitFunction", "SlinkyThreadPool")
+  for e in events:
+    name = e.get("name", "")
+    if e.get("ph") == "X" and "dur" in e and not name.startswith(wrappers):
+      k = kinds.setdefault(re.sub(r"[.\d]+$", "", name), [0.0, 0])
+      k[0] += e["dur"] / 1e3 / steps
+      k[1] += 1 / steps
+  total = sum(v[0] for v in kinds.values())
+  rows = sorted(kinds.items(), key=lambda kv: -kv[1][0])
+  return {"steps": steps, "op_ms_per_step": total,
+          "note": "ms summed over threads; ynn_fusion = XNNPACK/YNNPACK dots",
+          "kinds": [{"op": k, "ms_per_step": v[0], "share": v[0] / total, "calls_per_step": v[1]}
+                    for k, v in rows]}
+
+
+def _cpu_ticks() -> tuple[int, int]:
+  """(steal, total) jiffies of /proc/stat's cpu line; (0, 0) where there is none."""
+  try:
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+  except (OSError, ValueError):
+    return 0, 0
+  return (fields[7] if len(fields) > 7 else 0), sum(fields)
 
 
 def peer() -> dict | None:
@@ -121,7 +176,9 @@ def markdown(result: dict) -> str:
            f"Command: `{result['command']}`  ", f"Commit: {result['git_sha']}  ",
            f"Machine: {o['host_cpu']} (device: {o['device']})  ",
            f"Shapes: batch {result['batch']}, seq {result['seq_len']}, {result['dtype']}, "
-           f"{o['layers']} layers, hidden {o['hidden']}", "",
+           f"{o['layers']} layers, hidden {o['hidden']}  ",
+           f"Rounds: {len(result.get('rounds', [])) or 1} (ours and the peer alternated; medians); "
+           f"hypervisor steal during the run: {result.get('steal_percent', float('nan')):.0f}%", "",
            "| metric | ours | peer | ours / peer |", "|---|---:|---:|---:|"]
   for key, name in (("train_examples_per_s", "train ex/s (full fine-tune step)"),
                     ("infer_examples_per_s", f"inference ex/s (batch {result['batch']})"),
@@ -140,14 +197,29 @@ def markdown(result: dict) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  steal0, total0 = _cpu_ticks()
+  rounds = []
+  for _ in range(max(1, _ROUNDS.value)):  # alternated, so both routes see the same load
+    rounds.append({"ours": ours(), "peer": peer()})
+  steal1, total1 = _cpu_ticks()
+  median = lambda side: None if rounds[0][side] is None else {
+      **rounds[0][side], **{k: statistics.median(r[side][k] for r in rounds) for k in _TIMED}}
   result = {"command": " ".join(["python -m experiments.bench_peer"] + sys.argv[1:]),
             "git_sha": train.git_sha(), "seq_len": _SEQ.value, "batch": _BATCH.value,
-            "dtype": _DTYPE.value, "ours": ours(), "peer": peer()}
+            "dtype": _DTYPE.value, "ours": median("ours"), "peer": median("peer"),
+            "rounds": [{side: r[side] and {k: r[side][k] for k in _TIMED} for side in r}
+                       for r in rounds],
+            "steal_percent": 100 * (steal1 - steal0) / max(1, total1 - total0)}
   os.makedirs(_OUT.value, exist_ok=True)
   stem = os.path.join(_OUT.value, f"peer_{_DTYPE.value}_s{_SEQ.value}_b{_BATCH.value}"
                                   f"_L{_LAYERS.value or result['ours']['layers']}")
   with open(stem + ".json", "w") as f:
     json.dump(result, f, indent=1)
+  if _PROFILE.value:
+    with open(stem + "_profile.json", "w") as f:
+      json.dump({"command": result["command"], "git_sha": result["git_sha"],
+                 "host_cpu": result["ours"]["host_cpu"], "dtype": _DTYPE.value, **profile()},
+                f, indent=1)
   text = markdown(result)
   with open(stem + ".md", "w") as f:
     f.write(text)

@@ -43,6 +43,8 @@ _THROUGHPUT_ITERS = flags.DEFINE_integer("throughput_iters", 10, "Timed calls at
 _THREADS = flags.DEFINE_integer("threads", 0, "ORT intra-op threads (0: ORT's default).")
 _SPIN = flags.DEFINE_bool("spin", False, "Let ORT's idle threads busy-wait (ORT's default; "
                           "slower on a shared machine).")
+_SEEDS = flags.DEFINE_list("seeds", [], "With --results_dir: export only these seeds' cells (ONNX "
+                            "latency and size do not depend on the seed; empty: every seed).")
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch", 32, "Batch size of the test-split pass.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timing rounds (ORT f32, int8, JAX interleaved); "
                                "each reported time is the median over rounds.")
@@ -193,6 +195,10 @@ def targets() -> list[tuple[str, str, dict[str, Any] | None]]:
   out = []
   for f in sorted(pathlib.Path(_RESULTS_DIR.value).glob("cells/*.json")):
     rec = json.loads(f.read_text())
+    if rec.get("label_fraction", 1.0) < 1.0 or rec.get("series"):
+      continue  # data-efficiency cells: not table rows
+    if _SEEDS.value and str(rec.get("seed")) not in _SEEDS.value:
+      continue
     if rec.get("kind", "finetune") in ("finetune", "distill") and rec.get("run_dir"):
       out.append((f.stem, rec["run_dir"], rec))
   return out
@@ -230,7 +236,14 @@ def main(argv):
   doc = {"command": "python -m experiments.export_onnx " + " ".join(sys.argv[1:]),
          "host_cpu": f"{cost.host_cpu_name()}, {os.cpu_count()} cores", "settings": settings,
          "versions": ox.versions(), "git_sha": record.git_sha(), "runs": {}}
+  if out_path.exists():  # resume: keep the cells measured with these settings
+    old = json.loads(out_path.read_text())
+    if old.get("settings") == settings:
+      doc["runs"] = {k: v for k, v in old.get("runs", {}).items() if "error" not in v}
   for name, run_dir, rec in targets():
+    if name in doc["runs"] and doc["runs"][name].get("run_dir") == run_dir:
+      print(f"{name}: already measured", flush=True)
+      continue
     entry = _identity(run_dir, rec) if os.path.isdir(run_dir) else {"run_dir": run_dir}
     if rec:
       entry.update(label_fraction=rec.get("label_fraction", 1.0), series=rec.get("series", ""))
@@ -242,6 +255,9 @@ def main(argv):
     shown = ", ".join(f"{k[5:]}={v:.4g}" for k, v in entry.items()
                       if k.startswith("onnx_") and isinstance(v, float))
     print(f"{name}: {shown or 'skipped: ' + entry.get('error', '')}", flush=True)
+    doc["rows"] = seed_means(doc["runs"])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    record.write_json(out_path, doc)  # after every cell: an interrupted export resumes
   doc["rows"] = seed_means(doc["runs"])
   out_path.parent.mkdir(parents=True, exist_ok=True)
   record.write_json(out_path, doc)
