@@ -44,8 +44,7 @@ def _records(n, seed):
           for i, l in enumerate(rng.randint(0, 3, n))]
 
 
-@pytest.fixture
-def lm_config(monkeypatch, tmp_path):
+def _lm_config(monkeypatch, tmp_path):
   monkeypatch.setattr(causal_lm, "load_tokenizer", lambda config: _ByteTokenizer())
   splits = {"train": _records(48, 0), "validation": _records(12, 1), "test": _records(12, 2)}
   monkeypatch.setattr(data_lib, "load", lambda name, config, split, **kw: splits[split])
@@ -63,6 +62,21 @@ def lm_config(monkeypatch, tmp_path):
   c.optim.lr = 1e-2
   c.train.max_steps, c.train.eval_every, c.train.checkpoint_every = 24, 12, 12
   return c
+
+
+@pytest.fixture
+def lm_config(monkeypatch, tmp_path):
+  return _lm_config(monkeypatch, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+  """One 6-step tiny teacher shared by the distillation tests (lm_config's settings)."""
+  with pytest.MonkeyPatch.context() as mp:
+    c = _lm_config(mp, tmp_path_factory.mktemp("teacher"))
+    c.train.max_steps = c.train.eval_every = c.train.checkpoint_every = 6
+    train.run(c)
+  return pathlib.Path(c.workdir)
 
 
 def test_rows_mask_only_the_answer_tokens(lm_config):
@@ -159,11 +173,8 @@ def _first_loss(workdir):
   return [l["loss"] for l in lines if l["split"] == "train"][0]
 
 
-def test_token_kd_students_live_and_cached_teacher_and_same_init_control(lm_config, tmp_path):
-  teacher_dir = tmp_path / "teacher"
-  lm_config.workdir = str(teacher_dir)
-  lm_config.train.max_steps = lm_config.train.eval_every = lm_config.train.checkpoint_every = 6
-  train.run(lm_config)
+def test_token_kd_students_live_and_cached_teacher_and_same_init_control(lm_config, tmp_path,
+                                                                         teacher_dir):
   live = train.run(_student(lm_config, teacher_dir, tmp_path / "live", {"tok_kl": 1.0}))
   assert live["labeled_examples"] == 48 and live["teacher_cache"] is None  # gold answers are inputs
   assert live["model"]["num_layers"] == 1
@@ -286,11 +297,7 @@ def test_on_policy_rows_hold_the_students_own_greedy_answer(lm_config):
   assert np.array_equal(np.asarray(out["input_ids"]), ids)
 
 
-def test_on_policy_student_through_the_loop(lm_config, tmp_path):
-  teacher_dir = tmp_path / "teacher"
-  lm_config.workdir = str(teacher_dir)
-  lm_config.train.max_steps = lm_config.train.eval_every = lm_config.train.checkpoint_every = 3
-  train.run(lm_config)
+def test_on_policy_student_through_the_loop(lm_config, tmp_path, teacher_dir):
   c = _student(lm_config, teacher_dir, tmp_path / "gkd", {"ce": 0.5, "tok_jsd": 0.5})
   c.distill.on_policy = 0.5
   record = train.run(c)
