@@ -113,6 +113,9 @@ def profile(steps: int = 5) -> dict:
   for _ in range(1 + _WARMUP.value):
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
+  hlo = step.lower(state, batch).compile().as_text()
+  types = dict(re.findall(r"%([\w.\-]+) = (\w+\[[\d,]*\])", hlo))
+  fusion_args = dict(re.findall(r"%((?:ynn|xnn)_fusion[.\d]*) = \S+ fusion\(([^)]*)\)", hlo))
   with tempfile.TemporaryDirectory() as tmp:
     with jax.profiler.trace(tmp, create_perfetto_trace=True):
       for _ in range(steps):
@@ -122,6 +125,7 @@ def profile(steps: int = 5) -> dict:
     events = json.loads(gzip.decompress(trace.read_bytes()))
   events = events["traceEvents"] if isinstance(events, dict) else events
   kinds: dict[str, list[float]] = {}
+  dots: dict[str, list[float]] = {}
   wrappers = ("ThunkExecutor", "$", "PjitFunction", "SlinkyThreadPool")
   for e in events:
     name = e.get("name", "")
@@ -129,12 +133,19 @@ def profile(steps: int = 5) -> dict:
       k = kinds.setdefault(re.sub(r"[.\d]+$", "", name), [0.0, 0])
       k[0] += e["dur"] / 1e3 / steps
       k[1] += 1 / steps
+      if name in fusion_args:  # a library dot: keyed by its output and operand shapes
+        args = [types.get(a.strip().lstrip("%"), "?") for a in fusion_args[name].split(",")]
+        d = dots.setdefault(f"{types.get(name, '?')} <- {', '.join(args)}", [0.0, 0])
+        d[0] += e["dur"] / 1e3 / steps
+        d[1] += 1 / steps
   total = sum(v[0] for v in kinds.values())
   rows = sorted(kinds.items(), key=lambda kv: -kv[1][0])
   return {"steps": steps, "op_ms_per_step": total,
           "note": "ms summed over threads; ynn_fusion = XNNPACK/YNNPACK dots",
           "kinds": [{"op": k, "ms_per_step": v[0], "share": v[0] / total, "calls_per_step": v[1]}
-                    for k, v in rows]}
+                    for k, v in rows],
+          "dots_by_shape": [{"dot": k, "ms_per_step": v[0], "calls_per_step": v[1]}
+                            for k, v in sorted(dots.items(), key=lambda kv: -kv[1][0])]}
 
 
 def _cpu_ticks() -> tuple[int, int]:

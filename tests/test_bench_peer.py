@@ -39,3 +39,4 @@ def test_bench_peer_writes_our_numbers_without_the_peer(tmp_path):
   prof = json.loads((out / "peer_bf16_s16_b4_L2_profile.json").read_text())
   assert prof["kinds"] and abs(sum(k["share"] for k in prof["kinds"]) - 1) < 1e-6
   assert any(k["op"].startswith(("ynn_fusion", "dot", "xnn_fusion")) for k in prof["kinds"])
+  assert isinstance(prof["dots_by_shape"], list)
