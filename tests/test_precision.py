@@ -81,6 +81,6 @@ def test_a_bf16_encoder_trains_with_bf16_dense_gradients():
   assert sum(d == ("bfloat16", "bfloat16") for d in dots) >= 3 * 6  # q, k, v, out, up, down
 
 
-def test_a_second_order_kernel_is_refused_with_its_shapes():
+def test_a_kernel_that_is_not_2d_is_refused_with_its_shapes():
   with pytest.raises(ValueError, match="w must be 2-D"):
     precision.matmul(jnp.ones((2, 3)), jnp.ones((3, 4, 5)), BF16)
