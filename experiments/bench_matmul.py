@@ -1,6 +1,6 @@
 """The three dots of a dense layer's train step, XLA:CPU vs torch, f32 and bf16, in GFLOP/s.
 
-  python -m experiments.bench_matmul [--out results/bench/matmul.json]
+  python -m experiments.bench_matmul [--out=results/bench/matmul.json]
 
 MiniLM's FFN up-projection at batch 32 x seq 64 (x: 32x64x384, w: 384x1536): forward y = x @ w,
 the input gradient dx = g @ w^T and the weight gradient dw = x^T @ g. JAX routes: f32; bf16 with
@@ -13,13 +13,19 @@ torch is optional.
 import json
 import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from research import cost
+from research.models import precision
+
+_OUT = flags.DEFINE_string("out", "", "Also write the figures to this JSON file.")
 
 B, L, D, F = 32, 64, 384, 1536
 
@@ -35,15 +41,8 @@ def _gflops(fn, flops: float, iters: int = 30) -> float:
   return flops / statistics.median(times) / 1e9
 
 
-def _cpu() -> str:
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-  except (OSError, subprocess.CalledProcessError, StopIteration):
-    return "unknown"
-
-
-def main(argv: list[str]) -> dict:
+def main(argv) -> dict:
+  del argv
   rng = np.random.default_rng(0)
   x = rng.standard_normal((B, L, D), np.float32)
   w = rng.standard_normal((D, F), np.float32)
@@ -67,7 +66,6 @@ def main(argv: list[str]) -> dict:
   xb, wb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16)
   own = jax.jit(jax.grad(lambda x, w: jnp.vdot(jnp.matmul(x, w, preferred_element_type=f32),
                                                jnp.asarray(g)), (0, 1)))
-  from research.models import precision  # pylint: disable=import-outside-toplevel
   ours = jax.jit(jax.grad(lambda x, w: jnp.vdot(precision.matmul(x, w, jnp.bfloat16),
                                                 jnp.asarray(g)), (0, 1)))
   backward = {"jax_bf16_own_grad": _gflops(lambda: jax.block_until_ready(own(xb, wb)), 2 * flops),
@@ -85,15 +83,15 @@ def main(argv: list[str]) -> dict:
                "weight grad dw=x^T@g": lambda: tx.T @ tg}
       for name, fn in calls.items():
         rows[name][label] = _gflops(fn, flops)
-  out = {"host_cpu": _cpu(), "shape": f"x {B}x{L}x{D}, w {D}x{F}", "gflops": rows,
+  out = {"host_cpu": cost.host_cpu_name(), "shape": f"x {B}x{L}x{D}, w {D}x{F}", "gflops": rows,
          "backward_gflops": backward, "jax": jax.__version__}
   for name, row in rows.items():
     print(f"{name:22s}", "  ".join(f"{k} {v:6.0f}" for k, v in row.items()))
   print("bf16 backward (dx + dw):", "  ".join(f"{k} {v:6.0f}" for k, v in backward.items()))
-  if len(argv) > 2 and argv[1] == "--out":
-    pathlib.Path(argv[2]).write_text(json.dumps(out, indent=1) + "\n")
+  if _OUT.value:
+    pathlib.Path(_OUT.value).write_text(json.dumps(out, indent=1) + "\n")
   return out
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  app.run(main)

@@ -186,6 +186,11 @@ def _identity(run_dir: str, record: dict | None) -> dict[str, Any]:
           "seed": rec.get("seed", config.get("seed")), "run_dir": run_dir}
 
 
+def _table_row(rec: dict[str, Any]) -> bool:
+  """A main-table run: all labels, not a data-efficiency series cell."""
+  return rec.get("label_fraction", 1.0) >= 1.0 and not rec.get("series")
+
+
 def targets() -> list[tuple[str, str, dict[str, Any] | None]]:
   """(name, run_dir, grid record or None) to export, from --results_dir or --run_dirs."""
   if _RUN_DIRS.value:
@@ -195,8 +200,8 @@ def targets() -> list[tuple[str, str, dict[str, Any] | None]]:
   out = []
   for f in sorted(pathlib.Path(_RESULTS_DIR.value).glob("cells/*.json")):
     rec = json.loads(f.read_text())
-    if rec.get("label_fraction", 1.0) < 1.0 or rec.get("series"):
-      continue  # data-efficiency cells: not table rows
+    if not _table_row(rec):
+      continue
     if _SEEDS.value and str(rec.get("seed")) not in _SEEDS.value:
       continue
     if rec.get("kind", "finetune") in ("finetune", "distill") and rec.get("run_dir"):
@@ -208,7 +213,7 @@ def seed_means(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
   """"<task>/<method>" -> mean of every onnx_* number over its seeds (main runs only)."""
   groups: dict[str, list[dict[str, Any]]] = {}
   for r in runs.values():
-    if "error" not in r and r.get("label_fraction", 1.0) >= 1.0 and not r.get("series"):
+    if "error" not in r and _table_row(r):
       groups.setdefault(f"{r['task']}/{r['method']}", []).append(r)
   rows = {}
   for key, rs in sorted(groups.items()):
@@ -236,6 +241,12 @@ def main(argv):
   doc = {"command": "python -m experiments.export_onnx " + " ".join(sys.argv[1:]),
          "host_cpu": f"{cost.host_cpu_name()}, {os.cpu_count()} cores", "settings": settings,
          "versions": ox.versions(), "git_sha": record.git_sha(), "runs": {}}
+
+  def save():
+    doc["rows"] = seed_means(doc["runs"])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    record.write_json(out_path, doc)
+
   if out_path.exists():  # resume: keep the cells measured with these settings
     old = json.loads(out_path.read_text())
     if old.get("settings") == settings:
@@ -255,12 +266,8 @@ def main(argv):
     shown = ", ".join(f"{k[5:]}={v:.4g}" for k, v in entry.items()
                       if k.startswith("onnx_") and isinstance(v, float))
     print(f"{name}: {shown or 'skipped: ' + entry.get('error', '')}", flush=True)
-    doc["rows"] = seed_means(doc["runs"])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    record.write_json(out_path, doc)  # after every cell: an interrupted export resumes
-  doc["rows"] = seed_means(doc["runs"])
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  record.write_json(out_path, doc)
+    save()  # after every cell: an interrupted export resumes
+  save()
   print(f"wrote {out_path}")
 
 
